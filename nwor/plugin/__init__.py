@@ -1,0 +1,159 @@
+"""nwor's elastic speculation (adaptive draft length, confidence early exit) as a vLLM general plugin.
+
+Inert unless `NWOR_PLUGIN_CONFIG` is set for the run; importing this package never imports vLLM.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, fields
+
+from nwor.errors import ConfigError, FeatureUnavailable
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "NWOR_PLUGIN_CONFIG"
+# Versions whose internals nwor/plugin/elastic.py was read against and validated on.
+# 0.24.0 (CUDA) is structured for in elastic.py but not validated: it is refused until it is.
+SUPPORTED_VLLM_VERSIONS = ("0.32.0",)
+# Name of the method the plugin adds to vLLM's worker wrapper, reached through `LLM.collective_rpc`.
+RPC_METHOD = "nwor_elastic_rpc"
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """What the engine process runs with; the JSON form of this is the value of `NWOR_PLUGIN_CONFIG`."""
+
+    adaptive_draft_length: bool = False
+    draft_length_options: tuple[int, ...] | None = None  # None: sorted({max(2, n//2), n, min(8, 2n)})
+    confidence_threshold: float = 0.0  # 0.0 disables early exit (max softmax can never be below 0)
+    stats_path: str | None = None  # the engine process writes cumulative stats JSON here at exit
+
+    def __post_init__(self):
+        if not isinstance(self.adaptive_draft_length, bool):
+            raise ConfigError(f"{ENV_VAR}: adaptive_draft_length must be a bool, got {self.adaptive_draft_length!r}")
+        if self.draft_length_options is not None:
+            options = tuple(self.draft_length_options)
+            if not options or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 1 for o in options):
+                raise ConfigError(f"{ENV_VAR}: draft_length_options must be positive ints, got {options!r}")
+            object.__setattr__(self, "draft_length_options", tuple(sorted(set(options))))
+        threshold = self.confidence_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"{ENV_VAR}: confidence_threshold must be in [0, 1], got {threshold!r}")
+        object.__setattr__(self, "confidence_threshold", float(threshold))
+
+    @property
+    def features_on(self) -> bool:
+        return self.adaptive_draft_length or self.confidence_threshold > 0.0
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        if data["draft_length_options"] is not None:
+            data["draft_length_options"] = list(data["draft_length_options"])
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PluginConfig":
+        """Parse the env value. Raises ConfigError on bad JSON or an unknown key."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{ENV_VAR} is not JSON: {err}", value=text) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{ENV_VAR} must be a JSON object, got {type(data).__name__}", value=text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{ENV_VAR}: unknown key {unknown[0]!r} (known: {sorted(known)})", value=text)
+        return cls(**data)
+
+
+def check_supported(vllm_version: str) -> None:
+    """Raise unless the plugin was validated on this vLLM release.
+
+    Raises:
+        FeatureUnavailable: the version is not in SUPPORTED_VLLM_VERSIONS.
+    """
+    release = vllm_version.split("+", 1)[0]  # "0.32.0+cpu" is the 0.32.0 release
+    if release not in SUPPORTED_VLLM_VERSIONS:
+        raise FeatureUnavailable(
+            f"nwor elastic-speculation plugin supports vLLM {', '.join(SUPPORTED_VLLM_VERSIONS)} only "
+            f"(0.24.0 CUDA not validated yet); installed vLLM is {vllm_version}",
+            vllm_version=vllm_version,
+        )
+
+
+def read_config() -> PluginConfig | None:
+    """The config this process was started with, or None when the plugin is off."""
+    text = os.environ.get(ENV_VAR)
+    return None if text is None else PluginConfig.from_json(text)
+
+
+def register() -> None:
+    """The `vllm.general_plugins` entry point; vLLM calls it in every engine and worker process.
+
+    Does nothing at all unless `NWOR_VLLM_FIXES` or `NWOR_PLUGIN_CONFIG` is set for the run.
+
+    Raises:
+        ConfigError: the env value is invalid.
+        FeatureUnavailable: the installed vLLM is not supported.
+    """
+    from nwor.plugin import cpu_fixes
+
+    fixes = cpu_fixes.requested_fixes()
+    if fixes:
+        cpu_fixes.apply(fixes)
+    config = read_config()
+    if config is None:
+        return
+    import vllm
+
+    check_supported(vllm.__version__)
+    from nwor.plugin import elastic
+
+    elastic.install(config, vllm.__version__)
+
+
+def _call(llm, op: str, payload: dict | None = None) -> dict:
+    try:
+        replies = llm.collective_rpc(RPC_METHOD, args=(op, payload or {}))
+    except Exception as err:  # vLLM re-raises worker errors as a plain Exception carrying the text
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FeatureUnavailable(
+            f"nwor plugin call {op!r} failed in the engine (is {ENV_VAR} set before the first LLM of the "
+            f"process?): {first_line}",
+            op=op,
+        ) from err
+    # Every tensor-parallel rank drafts the same tokens; rank 0 speaks for the engine.
+    return replies[0]
+
+
+def read_stats(llm) -> dict:
+    """Cumulative counters of the engine's drafter (since start or the last `reset_stats`).
+
+    Returns:
+        `{"tokens_stopped", "checks", "stop_pct", "draft_length_histogram", "steps",
+        "acceptance_rate_ewma", "num_speculative_tokens", "config"}`; `stop_pct` is None without checks.
+
+    Raises:
+        FeatureUnavailable: the plugin is not active in the engine.
+    """
+    stats = _call(llm, "stats")
+    # Integer keys, whatever the RPC serializer did to them.
+    stats["draft_length_histogram"] = {int(k): v for k, v in stats["draft_length_histogram"].items()}
+    return stats
+
+
+def reset_stats(llm) -> None:
+    """Zero the counters (not the acceptance EWMA), e.g. after warm-up batches."""
+    _call(llm, "reset")
+
+
+def configure(llm, config: PluginConfig) -> None:
+    """Switch a plugin-enabled engine to another config without restarting it (tests, sweeps).
+
+    Restarts the acceptance EWMA at 0.5 and zeroes the counters, as a fresh engine would. The engine must
+    have been started with the plugin on.
+    """
+    _call(llm, "configure", json.loads(config.to_json()))

@@ -1,0 +1,288 @@
+"""Build and run the Nsight Compute (ncu) command for one run's profiling pass.
+
+Region totals come from app-range replay; per-kernel replay is kept for short sub-windows.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from nwor import ncu_read
+from nwor.errors import ConfigError, NcuNotAvailable, ProfilerError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+REPLAY_MODES = ("app-range", "kernel")
+CACHE_CONTROLS = ("all", "none")
+CLOCK_CONTROLS = ("none", "base")
+LOG_TAIL_LINES = 20
+PERMISSION_FIX = (
+    "ncu has no permission to read GPU performance counters (ERR_NVGPUCTRPERM): run as root, or set "
+    "'options nvidia NVreg_RestrictProfilingToAdminUsers=0' in /etc/modprobe.d/ and reload the nvidia "
+    "module (modprobe -r nvidia && modprobe nvidia, or reboot); "
+    "see https://developer.nvidia.com/ERR_NVGPUCTRPERM"
+)
+_VERSION_RE = re.compile(r"Version\s+(\S+)")
+# Every key of the run's `ncu` block, so unavailable and ok records have the same shape.
+RECORD_KEYS = ("status", "reason", "ncu_version", "command", "report_path", "log_path", "replay_mode",
+               "cache_control", "clock_control", "nvtx_include", "metrics", "reader", "wall_s",
+               "num_kernels", "num_ranges", "totals", "units", "top_kernels", "split", "split_reason")
+
+
+def _gpu_present() -> bool:
+    if Path("/dev/nvidia0").exists():
+        return True
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    return subprocess.run([smi, "-L"], capture_output=True, timeout=30).returncode == 0
+
+
+def find_ncu(binary: str = "ncu") -> tuple[str, str]:
+    """Locate ncu and read its version, before any profiling starts.
+
+    Args:
+        binary: name or path of the ncu executable.
+
+    Returns:
+        ``(path, version)``, e.g. ``("/usr/local/cuda/bin/ncu", "2025.3.1.0")``.
+
+    Raises:
+        NcuNotAvailable: the binary is missing, prints no version, or there is no NVIDIA GPU
+            (neither /dev/nvidia0 nor a working nvidia-smi).
+    """
+    path = shutil.which(binary)
+    if path is None:
+        raise NcuNotAvailable(f"ncu not found: no '{binary}' on PATH", binary=binary)
+    result = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+    match = _VERSION_RE.search(result.stdout)
+    if result.returncode != 0 or match is None:
+        raise NcuNotAvailable(f"{path} --version exited {result.returncode} without a version line",
+                              binary=path, output=(result.stdout + result.stderr)[-500:])
+    if not _gpu_present():
+        raise NcuNotAvailable("no NVIDIA GPU: /dev/nvidia0 is absent and nvidia-smi -L fails or is missing",
+                              binary=path)
+    return path, match.group(1)
+
+
+def ncu_argv(workload_argv: Sequence[str], *, metrics: Sequence[str], report_path: str | Path,
+             log_path: str | Path, replay_mode: str = "app-range", cache_control: str = "all",
+             clock_control: str = "none", nvtx_include: str | None = None, ncu: str = "ncu") -> list[str]:
+    """Build the ncu argv for one profiling pass.
+
+    Scoping: in app-range replay the workload's cudaProfilerStart/Stop (vLLM's
+    ``start_profile``/``stop_profile``) delimit the range by themselves; ncu rejects
+    ``--profile-from-start`` in range modes. Kernel replay uses ``--profile-from-start off``
+    with the same calls, or an NVTX filter when ``nvtx_include`` is given. Kernel replay costs
+    about 0.12 s per kernel on an H100, so the workload must open only a short sub-window.
+
+    Args:
+        workload_argv: the command to profile (``python -m nwor.bench ...``).
+        metrics: metric names for ``--metrics``.
+        report_path: where the report goes; a ``.ncu-rep`` suffix is dropped because ncu adds it.
+        log_path: ncu's own log (``--log-file``).
+        replay_mode: ``app-range`` (region totals, one pass) or ``kernel`` (per kernel).
+        cache_control: ``all`` flushes caches before each kernel/range, ``none`` keeps them warm.
+        clock_control: ``none`` keeps the clocks the deployment runs at; ``base`` locks base clocks.
+        nvtx_include: an ``--nvtx-include`` expression (``measure/``) scoping the profiled region.
+        ncu: the ncu executable.
+
+    Returns:
+        The argv list, ncu first.
+
+    Raises:
+        ConfigError: an option value is not one ncu accepts, or no metrics are given.
+    """
+    for name, value, allowed in (("replay_mode", replay_mode, REPLAY_MODES),
+                                 ("cache_control", cache_control, CACHE_CONTROLS),
+                                 ("clock_control", clock_control, CLOCK_CONTROLS)):
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}", key=name)
+    if not metrics:
+        raise ConfigError("ncu needs at least one metric", key="metrics")
+    report = str(report_path)
+    report = report[: -len(".ncu-rep")] if report.endswith(".ncu-rep") else report
+    # The vLLM engine core runs the model in a child process: follow every process.
+    argv = [str(ncu), "--target-processes", "all", "--replay-mode", replay_mode]
+    if nvtx_include is not None:
+        argv += ["--nvtx", "--nvtx-include", nvtx_include]
+    elif replay_mode == "kernel":
+        argv += ["--profile-from-start", "off"]
+    # Default clock control is none: base clocks would lower throughput below what the
+    # deployment sees, and we want the DRAM traffic and time at the clocks it really runs at.
+    argv += ["--cache-control", cache_control, "--clock-control", clock_control,
+             "--metrics", ",".join(metrics), "--log-file", str(log_path), "-f", "-o", report]
+    return argv + [str(part) for part in workload_argv]
+
+
+def _log_lines(log_path: Path) -> list[str]:
+    if not log_path.exists():
+        return []
+    return log_path.read_text(errors="replace").splitlines()
+
+
+def _tail(lines: list[str]) -> str:
+    return "\n".join(deque(lines, maxlen=LOG_TAIL_LINES))
+
+
+def _kill_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the whole process group (ncu, the workload and its children), then SIGKILL."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        logger.info("ncu group %d ignored SIGTERM for %.1f s", proc.pid, grace_s)
+    # Children may outlive the leader's exit; SIGKILL what is left of the group.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        logger.debug("ncu group %d already gone", proc.pid)
+    proc.wait()
+
+
+def _read(report_path: Path, metrics: Sequence[str], ncu: str, log_path: Path,
+          export_timeout_s: float) -> tuple[pd.DataFrame, str]:
+    try:
+        import ncu_report  # noqa: F401  (only probing whether the fast reader exists)
+    except ImportError:
+        argv = ncu_read.csv_export_argv(ncu, report_path)
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=export_timeout_s)
+        except subprocess.TimeoutExpired as err:
+            raise ProfilerError(f"ncu CSV export timed out after {export_timeout_s} s",
+                                log_path=str(log_path), command=argv) from err
+        if result.returncode != 0:
+            raise ProfilerError(f"ncu CSV export exited {result.returncode}: {result.stderr.strip()[-500:]}",
+                                log_path=str(log_path), command=argv)
+        return ncu_read.read_csv_export(io.StringIO(result.stdout), metrics), "csv"
+    return ncu_read.read_report(report_path, metrics), "ncu_report"
+
+
+def _split(df, replay_mode: str) -> tuple[dict | None, str | None]:
+    """Totals per NVTX range or per process, when kernels can be told apart that way."""
+    if replay_mode == "app-range":
+        return None, "app-range replay measures the window as one range; kernels are not told apart"
+    for column, label in (("Range", "nvtx_range"), ("Process", "process")):
+        if column in df and df[column].nunique(dropna=True) > 1:
+            groups = {str(key): ncu_read.totals(group) for key, group in df.groupby(column)}
+            return {"by": label, "groups": groups}, None
+    return None, "all kernels ran in one process with no distinguishing NVTX range"
+
+
+def profile_workload(workload_argv: Sequence[str], *, metrics: Sequence[str], report_path: str | Path,
+                     log_path: str | Path, timeout_s: float, replay_mode: str = "app-range",
+                     cache_control: str = "all", clock_control: str = "none",
+                     nvtx_include: str | None = None, export_timeout_s: float = 600.0,
+                     kill_grace_s: float = 10.0, ncu: tuple[str, str] | None = None,
+                     top_by: str = "dram__bytes_write.sum") -> dict:
+    """Run the workload under ncu and summarise the report for the run's JSON.
+
+    Args:
+        workload_argv: the command to profile; it opens the measured region itself.
+        metrics: metric names to collect.
+        report_path: the ``.ncu-rep`` path next to the run's JSON.
+        log_path: ncu's log file next to the run's JSON.
+        timeout_s: wall-clock limit for the whole ncu process group.
+        replay_mode, cache_control, clock_control, nvtx_include: see ``ncu_argv``.
+        export_timeout_s: limit for the CSV export used when ``ncu_report`` is not importable.
+        kill_grace_s: time between SIGTERM and SIGKILL on timeout.
+        ncu: ``(path, version)`` from ``find_ncu``; None calls it.
+        top_by: metric that ranks ``top_kernels`` (kernel replay only).
+
+    Returns:
+        The ``ncu`` block of the run's JSON: status, ncu_version, command, report_path, log_path,
+        replay_mode, cache_control, clock_control, wall_s, num_kernels or num_ranges, totals
+        (base units), units, top_kernels, split (null with ``split_reason`` when not possible).
+
+    Raises:
+        NcuNotAvailable: no ncu or no GPU (from ``find_ncu``).
+        ProfilerError: timeout (group killed; carries the log tail), non-zero exit or ERROR lines
+            in the log (carries them; names the fix for ERR_NVGPUCTRPERM), missing metrics, or an
+            empty scoped region.
+    """
+    ncu_path, version = ncu if ncu is not None else find_ncu()
+    report_path, log_path = Path(report_path), Path(log_path)
+    argv = ncu_argv(workload_argv, metrics=metrics, report_path=report_path, log_path=log_path,
+                    replay_mode=replay_mode, cache_control=cache_control, clock_control=clock_control,
+                    nvtx_include=nvtx_include, ncu=ncu_path)
+    suffix = "" if report_path.suffix == ".ncu-rep" else ".ncu-rep"
+    full_report = report_path.with_name(report_path.name + suffix)
+    # ncu writes no report when nothing was profiled; a stale report or log from an earlier
+    # attempt of this run would otherwise be read as this pass's result.
+    full_report.unlink(missing_ok=True)
+    log_path.unlink(missing_ok=True)
+    logger.info("profiling: %s", argv)
+    started = time.perf_counter()
+    # A new session makes ncu the leader of its own process group, so a timeout can kill
+    # ncu, the workload and the vLLM engine core together.
+    proc = subprocess.Popen(argv, start_new_session=True)
+    try:
+        returncode = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired as err:
+        _kill_group(proc, kill_grace_s)
+        raise ProfilerError(f"ncu timed out after {timeout_s} s; process group killed; see {log_path}",
+                            log_path=str(log_path), tail=_tail(_log_lines(log_path)), command=argv) from err
+    except KeyboardInterrupt:
+        # An interrupted suite must not leave ncu and a GPU-holding engine running.
+        _kill_group(proc, kill_grace_s)
+        raise
+    wall_s = time.perf_counter() - started
+    lines = _log_lines(log_path)
+    # ncu can log a permission error, or fail to profile one kernel, and still exit with the
+    # workload's status 0; totals would then silently miss kernels, so any ERROR line fails the pass.
+    if any("ERR_NVGPUCTRPERM" in line for line in lines):
+        raise ProfilerError(PERMISSION_FIX, log_path=str(log_path), returncode=returncode, command=argv)
+    errors = [line for line in lines if "==ERROR==" in line]
+    if returncode != 0 or errors:
+        detail = " | ".join(errors) or "no ERROR lines"
+        raise ProfilerError(f"ncu exited {returncode}; see {log_path}: {detail}",
+                            log_path=str(log_path), returncode=returncode, errors=errors,
+                            tail=_tail(lines), command=argv)
+    if not full_report.exists():
+        raise ProfilerError(f"empty scoped region: ncu wrote no report ({full_report}); see {log_path}",
+                            log_path=str(log_path), tail=_tail(lines), command=argv)
+    df, reader = _read(full_report, metrics, ncu_path, log_path, export_timeout_s)
+    count = ncu_read.count_results(df)
+    if count == 0:
+        raise ProfilerError(f"empty scoped region: {full_report} holds no kernels or ranges",
+                            log_path=str(log_path), command=argv)
+    split, split_reason = _split(df, replay_mode)
+    record = dict.fromkeys(RECORD_KEYS)
+    record.update(
+        status="ok", ncu_version=version, command=argv, report_path=str(full_report), log_path=str(log_path),
+        replay_mode=replay_mode, cache_control=cache_control, clock_control=clock_control,
+        nvtx_include=nvtx_include, metrics=list(metrics), reader=reader, wall_s=wall_s,
+        totals=ncu_read.totals(df), units=ncu_read.units(df), split=split, split_reason=split_reason,
+        top_kernels=ncu_read.top_kernels(df, by=top_by) if replay_mode == "kernel" else None,
+    )
+    record["num_ranges" if replay_mode == "app-range" else "num_kernels"] = count
+    return record
+
+
+def unavailable_record(reason: str) -> dict:
+    """The ``ncu`` block for a run on a machine without ncu: status ``unavailable`` and the reason.
+
+    Args:
+        reason: the one-line reason, usually ``str(NcuNotAvailable)``.
+
+    Returns:
+        A dict with every key of an ok record, measurements null.
+    """
+    record = dict.fromkeys(RECORD_KEYS)
+    record.update(status="unavailable", reason=reason)
+    return record

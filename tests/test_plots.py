@@ -1,0 +1,119 @@
+"""Tests for nwor.plots: every figure renders, carries its provenance footnote, and says "no data (reason)"."""
+from __future__ import annotations
+
+import functools
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # tests run headless
+
+import matplotlib.pyplot as plt  # noqa: E402
+import nbformat  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from nwor import analysis, plots, stats  # noqa: E402
+
+TESTS = Path(__file__).parent
+RESULTS = TESTS / "fixtures" / "results"
+NOTEBOOK = TESTS.parent / "notebooks" / "report.ipynb"
+
+
+@functools.lru_cache(maxsize=None)
+def report(profile: str):
+    frames = analysis.load_profile(RESULTS, profile)
+    adaptive = stats.compare_adaptive(frames, analysis.pair_adaptive(frames.runs))
+    early_exit = stats.compare_early_exit(frames, analysis.pair_early_exit(frames.runs))
+    numbers = stats.key_numbers(frames, adaptive, early_exit, analysis.check_determinism(frames))
+    return frames, adaptive, early_exit, numbers
+
+
+def texts(fig) -> str:
+    found = [t.get_text() for t in fig.texts] + [fig._suptitle.get_text() if fig._suptitle else ""]
+    for ax in fig.axes:
+        found += [t.get_text() for t in ax.texts] + [ax.get_title()]
+    return "\n".join(found)
+
+
+def figures(profile: str) -> dict:
+    frames, adaptive, early_exit, numbers = report(profile)
+    return {
+        "latency_by_workload": plots.plot_latency_by_workload(adaptive, numbers),
+        "draft_tokens_acceptance": plots.plot_draft_tokens_and_acceptance(
+            analysis.acceptance_by_workload(frames, "adaptive_grid")),
+        "acceptance_per_position": plots.plot_acceptance_per_position(
+            analysis.acceptance_per_position(frames, "adaptive_grid")),
+        "acceptance_vs_improvement": plots.plot_acceptance_vs_improvement(adaptive),
+        "threshold_tradeoff": plots.plot_threshold_tradeoff(early_exit),
+        "tokens_stopped": plots.plot_tokens_stopped(early_exit),
+    }
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.mark.parametrize("profile, build", [("smoke", "cpu build"), ("full", "cuda build")])
+def test_every_figure_names_its_build_and_feature_impl(profile, build):
+    for name, fig in figures(profile).items():
+        note = fig.texts[-1].get_text()
+        assert f"vLLM 0.24.0 ({build}, nwor-fork)" in note, name
+        assert "nwor-plugin" in note and "feature_impl" in note, name
+
+
+def test_footnote_names_what_was_not_measured():
+    frames, adaptive, *_ = report("smoke")
+    assert "W6 batch sampled: treatment run6_r32_t256_temp0.7_d10_adaptive1 failed" in plots.footnote(adaptive).replace("\n", " ")
+    assert "7 of 8 rows measured" in plots.footnote(adaptive)
+    per_position = analysis.acceptance_per_position(frames, "adaptive_grid")
+    assert "15 of 16 rows measured" in plots.footnote(per_position)  # runs, not positions
+
+
+def test_missing_ncu_totals_say_no_data_with_the_reason():
+    smoke = texts(plots.plot_threshold_tradeoff(report("smoke")[2]))
+    assert "no data (ncu unavailable: no ncu on this machine (CPU build))" in smoke.replace("\n", " ")
+    full = texts(plots.plot_threshold_tradeoff(report("full")[2]))
+    assert "no data" not in full and "0.5 (t128 temp0.0)" in full
+
+
+def test_empty_frames_say_no_data():
+    frames, adaptive, early_exit, _ = report("smoke")
+    empty_positions = analysis.acceptance_per_position(frames, "no_such_grid")
+    assert "no data (acceptance_rate_per_pos is null" in texts(plots.plot_acceptance_per_position(empty_positions))
+    no_stops = early_exit.assign(stop_pct=float("nan"))
+    assert "no data" in texts(plots.plot_tokens_stopped(no_stops))
+    unmeasured = adaptive.assign(status="not measured", latency_reduction_pct=float("nan"))
+    assert "no data" in texts(plots.plot_acceptance_vs_improvement(unmeasured))
+
+
+def test_latency_figure_shows_verdicts_and_the_failed_workload():
+    text = texts(figures("smoke")["latency_by_workload"])
+    assert "inside the noise (CI includes 0)" in text and "regression" in text
+    assert "not measured: treatment run6" in text
+
+
+def test_save_figure_writes_png_and_svg(tmp_path):
+    fig = plots.plot_tokens_stopped(report("full")[2])
+    paths = plots.save_figure(fig, tmp_path / "report", "tokens_stopped")
+    assert [p.name for p in paths] == ["tokens_stopped.png", "tokens_stopped.svg"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in paths[1].read_bytes()[:2000]
+    assert not plt.fignum_exists(fig.number)
+
+
+def test_report_notebook_executes_end_to_end(tmp_path):
+    papermill = pytest.importorskip("papermill", reason="papermill renders the report")
+    shutil.copytree(RESULTS / "smoke", tmp_path / "smoke")
+    out = tmp_path / "report.ipynb"
+    papermill.execute_notebook(str(NOTEBOOK), str(out), parameters={"outputs_root": str(tmp_path),
+                                                                     "profile": "smoke"},
+                               cwd=str(TESTS.parent), progress_bar=False)
+    nb = nbformat.read(out, as_version=4)
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 6
+    saved = sorted(p.name for p in (tmp_path / "smoke" / "report").iterdir())
+    assert saved == sorted(f"{name}.{ext}" for name in figures("smoke") for ext in ("png", "svg"))

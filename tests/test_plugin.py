@@ -1,0 +1,234 @@
+"""Tests for nwor.plugin: config parsing, version gate and draft-length choice (fast), and the real CPU
+engine on the tiny models (two engine starts: stock vLLM, then vLLM with the plugin switched between
+configs through `nwor.plugin.configure`). Run as a script, this file is the engine driver itself.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import pickle
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nwor.errors import ConfigError, FeatureUnavailable
+from nwor.plugin import ENV_VAR, SUPPORTED_VLLM_VERSIONS, PluginConfig, check_supported
+from nwor.plugin.elastic import ElasticState, choose_draft_length, default_draft_length_options
+
+PROMPTS = [
+    "the dragon was", "write a story about the river", "how do I print a list", "thanks for the help",
+    "the wizard said that", "one day people will", "what is the answer to", "the castle at night",
+]
+MAX_TOKENS = 32
+TIMED_REPEATS = 5
+
+
+def test_default_options_follow_the_fork():
+    assert default_draft_length_options(4) == (2, 4, 8)
+    assert default_draft_length_options(5) == (2, 5, 8)
+    assert default_draft_length_options(2) == (2, 4)
+    assert default_draft_length_options(10) == (5, 8, 10)
+
+
+@pytest.mark.parametrize(
+    ("ewma", "expected"), [(0.71, 8), (0.7, 4), (0.51, 4), (0.5, 4), (0.31, 4), (0.3, 2), (0.0, 2)]
+)
+def test_choose_draft_length_thresholds(ewma, expected):
+    assert choose_draft_length(ewma, (2, 4, 8)) == expected
+
+
+def test_choose_draft_length_two_and_four_options():
+    assert [choose_draft_length(e, (2, 4)) for e in (0.8, 0.6, 0.4, 0.2)] == [4, 4, 4, 2]
+    assert [choose_draft_length(e, (1, 2, 3, 4)) for e in (0.8, 0.6, 0.4, 0.2)] == [4, 3, 2, 1]
+
+
+def test_state_caps_at_requested_and_tracks_ewma():
+    state = ElasticState(PluginConfig(adaptive_draft_length=True), num_speculative_tokens=4)
+    state.ewma = 0.9
+    assert state.next_draft_length(4) == 4  # option 8 capped to the scheduled 4, as the fork caps it
+    for _ in range(30):
+        state.observe_acceptance(accepted=0, drafted=8)
+    assert state.ewma == pytest.approx(0.9 * 0.9**30, rel=1e-12)
+    assert state.next_draft_length(4) == 2
+    state.observe_acceptance(accepted=3, drafted=0)  # a step without drafts leaves the EWMA alone
+    assert state.next_draft_length(0) == 0
+    assert state.histogram == {4: 1, 2: 1, 0: 1} and state.steps == 3
+
+
+def test_state_without_adaptive_keeps_requested_length():
+    state = ElasticState(PluginConfig(), num_speculative_tokens=4)
+    state.ewma = 0.0
+    assert state.next_draft_length(4) == 4
+
+
+def test_config_parses_and_rejects():
+    config = PluginConfig.from_json('{"adaptive_draft_length": true, "draft_length_options": [8, 2, 4, 4],'
+                                    ' "confidence_threshold": 0.5, "stats_path": null}')
+    assert config.draft_length_options == (2, 4, 8)
+    assert PluginConfig.from_json(config.to_json()) == config
+    for bad in ('{"confidence_threshold": 1.5}', '{"draft_length_options": [0]}', '{"adaptive": true}',
+                '[1]', 'not json', '{"adaptive_draft_length": 1}'):
+        with pytest.raises(ConfigError):
+            PluginConfig.from_json(bad)
+
+
+def test_version_gate():
+    check_supported("0.32.0")
+    check_supported("0.32.0+cpu")
+    with pytest.raises(FeatureUnavailable) as info:
+        check_supported("0.24.0")
+    assert "0.32.0" in str(info.value) and "\n" not in str(info.value)
+    assert pickle.loads(pickle.dumps(info.value)).context == {"vllm_version": "0.24.0"}
+    assert SUPPORTED_VLLM_VERSIONS == ("0.32.0",)
+
+
+def test_register_is_inert_without_env(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    import nwor.plugin
+
+    nwor.plugin.register()  # must not import vLLM or patch anything
+    assert "nwor.plugin.elastic" not in sys.modules or not nwor.plugin.elastic._DRAFTERS
+
+
+# ---- engine tests -----------------------------------------------------------------------------------
+
+def _engine_script_run(mode: str, out_path: str, env: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, mode, out_path], env=env, capture_output=True, text=True,
+                          timeout=900)
+    if proc.returncode != 0:
+        raise AssertionError(f"engine run {mode} failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+    with open(out_path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def engine_runs(tmp_path_factory):
+    names = [e.name for e in importlib.metadata.entry_points(group="vllm.general_plugins")]
+    assert "nwor_elastic" in names, "entry point nwor_elastic missing: reinstall nwor (pip install -e . --no-deps)"
+    from nwor.tiny import ensure_tiny_models
+
+    tiny = ensure_tiny_models()
+    folder = tmp_path_factory.mktemp("plugin")
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "NWOR_TEST_TARGET": tiny.target,
+           "NWOR_TEST_DRAFT": tiny.draft}
+    env.pop(ENV_VAR, None)
+    stock = _engine_script_run("stock", str(folder / "stock.json"), env)
+    plugin_env = {**env, ENV_VAR: PluginConfig(stats_path=str(folder / "exit_stats.json")).to_json()}
+    plugin = _engine_script_run("plugin", str(folder / "plugin.json"), plugin_env)
+    exit_stats_path = folder / "exit_stats.json"
+    plugin["exit_stats"] = json.loads(exit_stats_path.read_text()) if exit_stats_path.exists() else None
+    print(json.dumps({"stock": stock, "plugin": plugin}, indent=1, default=str))
+    return stock, plugin
+
+
+@pytest.mark.engine
+def test_stock_engine_has_no_plugin(engine_runs):
+    stock, _ = engine_runs
+    assert stock["read_stats_error"].startswith("FeatureUnavailable")
+
+
+@pytest.mark.engine
+def test_outputs_identical_at_temperature_zero(engine_runs):
+    stock, plugin = engine_runs
+    for variant, outputs in plugin["outputs_t0"].items():
+        assert outputs == stock["outputs_t0"], f"{variant} changed the target's greedy output"
+
+
+@pytest.mark.engine
+def test_early_exit_counters(engine_runs):
+    _, plugin = engine_runs
+    stats = plugin["stats"]
+    high, low, zero = stats["threshold_0.99"], stats["threshold_1e-4"], stats["off"]
+    assert high["checks"] > 0 and high["tokens_stopped"] > 0
+    # max softmax >= 1/vocab = 1e-3 > 1e-4: checks run, nothing stops
+    assert low["checks"] > 0 and low["tokens_stopped"] == 0 and low["stop_pct"] == 0.0
+    assert zero["checks"] == 0 and zero["tokens_stopped"] == 0 and zero["stop_pct"] is None
+
+
+@pytest.mark.engine
+def test_adaptive_length_follows_acceptance(engine_runs):
+    _, plugin = engine_runs
+    stats = plugin["stats"]
+    assert stats["off"]["draft_length_histogram"] == {"4": stats["off"]["steps"]}
+    hist_greedy = stats["adaptive_t0"]["draft_length_histogram"]
+    hist_sampled = stats["adaptive_t1"]["draft_length_histogram"]
+    assert hist_greedy != hist_sampled
+    assert set(hist_greedy) | set(hist_sampled) <= {"2", "4"}  # 8 is capped at num_speculative_tokens=4
+
+
+@pytest.mark.engine
+def test_stats_file_written_at_engine_exit(engine_runs):
+    _, plugin = engine_runs
+    assert plugin["exit_stats"] is not None, "engine process did not write stats_path at exit"
+    assert plugin["exit_stats"]["steps"] > 0
+
+
+# ---- engine driver (runs in a subprocess: one engine per process) -----------------------------------
+
+def _generate(llm, temperature: float):
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=temperature, max_tokens=MAX_TOKENS, ignore_eos=True, seed=0)
+    return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
+
+
+def _timed(llm) -> list[float]:
+    samples = []
+    for _ in range(TIMED_REPEATS):
+        start = time.perf_counter()
+        _generate(llm, 0.0)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def _drive(mode: str, out_path: str) -> None:
+    from vllm import LLM
+
+    import nwor.plugin as plugin
+
+    llm = LLM(model=os.environ["NWOR_TEST_TARGET"], speculative_config={
+        "method": "eagle", "model": os.environ["NWOR_TEST_DRAFT"], "num_speculative_tokens": 4},
+        gpu_memory_utilization=0.2, max_model_len=512, disable_log_stats=False, seed=0)
+    _generate(llm, 0.0)  # warm-up
+    result: dict = {"mode": mode}
+    if mode == "stock":
+        try:
+            plugin.read_stats(llm)
+            result["read_stats_error"] = None
+        except FeatureUnavailable as err:
+            result["read_stats_error"] = f"FeatureUnavailable: {err}"
+        result["latency_s"] = _timed(llm)
+        result["outputs_t0"] = [list(t) for t in _generate(llm, 0.0)]
+    else:
+        variants = {
+            "off": (PluginConfig(), 0.0),
+            "threshold_0.99": (PluginConfig(confidence_threshold=0.99), 0.0),
+            "threshold_1e-4": (PluginConfig(confidence_threshold=1e-4), 0.0),
+            "adaptive_t0": (PluginConfig(adaptive_draft_length=True), 0.0),
+            "adaptive_t1": (PluginConfig(adaptive_draft_length=True), 1.0),
+            "both_t0": (PluginConfig(adaptive_draft_length=True, confidence_threshold=0.99), 0.0),
+        }
+        plugin.reset_stats(llm)
+        result["latency_s"] = _timed(llm)  # plugin loaded, features off
+        result["outputs_t0"], result["stats"] = {}, {}
+        for name, (config, temperature) in variants.items():
+            plugin.configure(llm, config)
+            outputs = _generate(llm, temperature)
+            result["stats"][name] = plugin.read_stats(llm)
+            if temperature == 0.0:
+                result["outputs_t0"][name] = [list(t) for t in outputs]
+        plugin.configure(llm, PluginConfig(stats_path=plugin.read_config().stats_path))
+        _generate(llm, 0.0)  # what the exit-time stats file should hold
+    result["metrics"] = {m.name: getattr(m, "value", None) for m in llm.get_metrics()
+                         if m.name.startswith("vllm:spec_decode") and hasattr(m, "value")}
+    result["median_latency_s"] = statistics.median(result["latency_s"])
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    _drive(sys.argv[1], sys.argv[2])

@@ -1,0 +1,236 @@
+"""Tests for nwor.profile: exact ncu argv, and failure paths run against a fake ncu executable.
+
+There is no GPU here, so a small script stands in for ncu; it follows ncu's --log-file/-o options.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nwor import profile
+from nwor.errors import ConfigError, NcuNotAvailable, ProfilerError
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "ncu"
+needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"ncu fixtures not found at {FIXTURES}")
+needs_ncu_report = pytest.mark.skipif(importlib.util.find_spec("ncu_report") is None,
+                                      reason="ncu_report not installed (pip install ncu-report)")
+METRICS = ["dram__bytes_write.sum", "dram__bytes_read.sum", "gpu__time_duration.sum"]
+WORKLOAD = ["python", "-m", "nwor.bench", "--spec", "s.json", "--out", "r.json"]
+
+# The fake ncu: writes BEHAVIOUR's log lines to --log-file, then acts out BEHAVIOUR.
+FAKE_NCU = r'''#!{python}
+import os, shutil, signal, subprocess, sys, time
+args = sys.argv[1:]
+if args == ["--version"]:
+    print("NVIDIA (R) Nsight Compute Command Line Profiler")
+    print("Copyright (c) 2018-2025 NVIDIA Corporation")
+    print("Version 2025.3.1.0 (build 36398880) (public-release)")
+    sys.exit(0)
+if "--import" in args:
+    with open({csv!r}) as handle:
+        sys.stdout.write(handle.read())
+    sys.exit(0)
+log = args[args.index("--log-file") + 1]
+report = args[args.index("-o") + 1] + ".ncu-rep"
+behaviour = {behaviour!r}
+with open(log, "w") as handle:
+    handle.write("==PROF== Connected to process 575\n")
+    if behaviour.startswith("perm"):
+        handle.write("==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access NVIDIA GPU "
+                     "Performance Counters on the target device 0.\n")
+    if behaviour.startswith("error"):
+        handle.write("==ERROR== Option profile-from-start is not supported during range replay\n")
+    if behaviour == "empty":
+        handle.write("==WARNING== No kernels were profiled.\n")
+if behaviour in ("perm", "error"):
+    sys.exit(1 if behaviour == "perm" else 9)
+if behaviour in ("perm0", "error0"):
+    sys.exit(0)  # ncu returns the workload's status even when it could not profile
+if behaviour == "hang":
+    child = subprocess.Popen([sys.executable, "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
+    with open({pids!r}, "w") as handle:
+        handle.write(f"{{os.getpid()}} {{child.pid}}")
+    time.sleep(120)
+if behaviour.startswith("copy:"):
+    shutil.copy(behaviour[5:], report)
+sys.exit(0)
+'''
+
+
+def _fake_ncu(tmp_path: Path, behaviour: str, csv: Path | None = None) -> tuple[str, str]:
+    path = tmp_path / "ncu"
+    path.write_text(FAKE_NCU.format(python=sys.executable, behaviour=behaviour, csv=str(csv),
+                                    pids=str(tmp_path / "pids")))
+    path.chmod(0o755)
+    return str(path), "2025.3.1.0"
+
+
+def _run(tmp_path: Path, ncu: tuple[str, str], **kwargs):
+    options = dict(metrics=METRICS, report_path=tmp_path / "run.ncu-rep", log_path=tmp_path / "run.ncu.log",
+                   timeout_s=30, ncu=ncu)
+    options.update(kwargs)
+    return profile.profile_workload(WORKLOAD, **options)
+
+
+def test_argv_app_range():
+    argv = profile.ncu_argv(WORKLOAD, metrics=METRICS, report_path="/o/run.ncu-rep", log_path="/o/run.ncu.log")
+    assert argv == [
+        "ncu", "--target-processes", "all", "--replay-mode", "app-range",
+        "--cache-control", "all", "--clock-control", "none",
+        "--metrics", "dram__bytes_write.sum,dram__bytes_read.sum,gpu__time_duration.sum",
+        "--log-file", "/o/run.ncu.log", "-f", "-o", "/o/run", *WORKLOAD]
+    assert "--profile-from-start" not in argv  # ncu rejects it in range replay modes
+
+
+def test_argv_kernel_profiler_window():
+    argv = profile.ncu_argv(WORKLOAD, metrics=METRICS[:1], report_path=Path("/o/run"), log_path=Path("/o/l.log"),
+                            replay_mode="kernel", cache_control="none", clock_control="base", ncu="/cuda/bin/ncu")
+    assert argv == [
+        "/cuda/bin/ncu", "--target-processes", "all", "--replay-mode", "kernel", "--profile-from-start", "off",
+        "--cache-control", "none", "--clock-control", "base", "--metrics", "dram__bytes_write.sum",
+        "--log-file", "/o/l.log", "-f", "-o", "/o/run", *WORKLOAD]
+
+
+def test_argv_kernel_nvtx_filter():
+    argv = profile.ncu_argv(WORKLOAD, metrics=METRICS[:1], report_path="r", log_path="l",
+                            replay_mode="kernel", nvtx_include="measure/")
+    assert argv[:11] == ["ncu", "--target-processes", "all", "--replay-mode", "kernel",
+                         "--nvtx", "--nvtx-include", "measure/", "--cache-control", "all", "--clock-control"]
+    assert "--profile-from-start" not in argv
+
+
+@pytest.mark.parametrize("option", [{"replay_mode": "range"}, {"cache_control": "some"},
+                                    {"clock_control": "boost"}, {"metrics": []}])
+def test_argv_rejects_bad_options(option):
+    kwargs = dict(metrics=METRICS, report_path="r", log_path="l")
+    kwargs.update(option)
+    with pytest.raises(ConfigError):
+        profile.ncu_argv(WORKLOAD, **kwargs)
+
+
+def test_find_ncu_missing_binary():
+    with pytest.raises(NcuNotAvailable, match="ncu not found"):
+        profile.find_ncu("/nonexistent/ncu")
+
+
+def test_find_ncu_reads_version_and_needs_gpu(tmp_path, monkeypatch):
+    path, _ = _fake_ncu(tmp_path, "ok")
+    monkeypatch.setattr(profile, "_gpu_present", lambda: True)
+    assert profile.find_ncu(path) == (path, "2025.3.1.0")
+    monkeypatch.setattr(profile, "_gpu_present", lambda: False)
+    with pytest.raises(NcuNotAvailable, match="no NVIDIA GPU"):
+        profile.find_ncu(path)
+
+
+def _gone(pid: int) -> bool:
+    # A zombie (reparented, not yet reaped) runs no code any more: count it as gone.
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "State:\tZ" in status.read_text()
+    except FileNotFoundError:
+        return True
+
+
+def test_timeout_kills_process_group(tmp_path):
+    ncu = _fake_ncu(tmp_path, "hang")
+    started = time.perf_counter()
+    with pytest.raises(ProfilerError, match="timed out") as info:
+        _run(tmp_path, ncu, timeout_s=1.5, kill_grace_s=0.5)
+    assert time.perf_counter() - started < 10
+    leader, child = (int(p) for p in (tmp_path / "pids").read_text().split())
+    deadline = time.monotonic() + 5
+    while not (_gone(leader) and _gone(child)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(leader) and _gone(child), "the workload's child (it ignores SIGTERM) survived"
+    assert "Connected to process" in info.value.context["tail"]
+    assert info.value.context["log_path"] == str(tmp_path / "run.ncu.log")
+    assert pickle.loads(pickle.dumps(info.value)).context["tail"] == info.value.context["tail"]
+
+
+@pytest.mark.parametrize("behaviour", ["perm", "perm0"])
+def test_permission_error_names_the_fix(tmp_path, behaviour):
+    with pytest.raises(ProfilerError) as info:
+        _run(tmp_path, _fake_ncu(tmp_path, behaviour))
+    message = str(info.value)
+    assert "NVreg_RestrictProfilingToAdminUsers=0" in message and "root" in message and "modprobe" in message
+
+
+def test_nonzero_exit_carries_error_lines(tmp_path):
+    with pytest.raises(ProfilerError, match="exited 9") as info:
+        _run(tmp_path, _fake_ncu(tmp_path, "error"))
+    assert info.value.context["errors"] == [
+        "==ERROR== Option profile-from-start is not supported during range replay"]
+    assert info.value.context["returncode"] == 9
+
+
+def test_error_lines_fail_even_with_exit_zero(tmp_path):
+    with pytest.raises(ProfilerError, match="exited 0.*profile-from-start"):
+        _run(tmp_path, _fake_ncu(tmp_path, "error0"))
+
+
+def test_empty_region_without_report(tmp_path):
+    # A stale report from an earlier attempt must not be read as this pass's result.
+    (tmp_path / "run.ncu-rep").write_text("stale")
+    with pytest.raises(ProfilerError, match="empty scoped region") as info:
+        _run(tmp_path, _fake_ncu(tmp_path, "empty"))
+    assert "No kernels were profiled" in info.value.context["tail"]
+
+
+def test_empty_region_with_empty_report(tmp_path, monkeypatch):
+    empty = tmp_path / "empty.csv"
+    empty.write_text('"ID","Process ID","Kernel Name","dram__bytes_write.sum","dram__bytes_read.sum",'
+                     '"gpu__time_duration.sum"\n"","","","byte","byte","ns"\n')
+    monkeypatch.setitem(sys.modules, "ncu_report", None)  # force the CSV export path
+    src = tmp_path / "src.ncu-rep"
+    src.write_text("report")
+    with pytest.raises(ProfilerError, match="empty scoped region"):
+        _run(tmp_path, _fake_ncu(tmp_path, f"copy:{src}", csv=empty))
+
+
+@needs_fixtures
+@needs_ncu_report
+def test_app_range_record(tmp_path):
+    ncu = _fake_ncu(tmp_path, f"copy:{FIXTURES / 'h100_probe_app_range.ncu-rep'}")
+    record = _run(tmp_path, ncu)
+    assert record["status"] == "ok" and record["reader"] == "ncu_report"
+    assert record["command"] == profile.ncu_argv(WORKLOAD, metrics=METRICS, report_path=tmp_path / "run.ncu-rep",
+                                                 log_path=tmp_path / "run.ncu.log", ncu=ncu[0])
+    assert record["num_ranges"] == 1 and record["num_kernels"] is None
+    assert record["totals"] == {"dram__bytes_read.sum": 1_736_831_232, "dram__bytes_write.sum": 565_590_784,
+                                "gpu__time_duration.sum": 98_316_704}
+    assert record["units"]["dram__bytes_read.sum"] == "byte"
+    assert record["top_kernels"] is None and record["split"] is None and record["split_reason"]
+    assert set(record) == set(profile.RECORD_KEYS)
+
+
+@needs_fixtures
+def test_kernel_record_through_csv_fallback(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ncu_report", None)
+    ncu = _fake_ncu(tmp_path, f"copy:{FIXTURES / 'h100_probe_kernel_replay.ncu-rep'}",
+                    csv=FIXTURES / "h100_profiler_range_raw.csv")
+    record = _run(tmp_path, ncu, replay_mode="kernel")
+    assert record["reader"] == "csv" and record["num_kernels"] == 5
+    assert record["totals"]["dram__bytes_read.sum"] == 1_608_393_472
+    assert record["top_kernels"][0]["kernel"] == "nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_NNT"
+    assert record["split"] is None and "one process" in record["split_reason"]
+
+
+def test_unavailable_record():
+    record = profile.unavailable_record("ncu not found: no 'ncu' on PATH")
+    assert record["status"] == "unavailable" and record["reason"] == "ncu not found: no 'ncu' on PATH"
+    assert set(record) == set(profile.RECORD_KEYS) and record["totals"] is None
+
+
+@pytest.mark.skipif(shutil.which("ncu") is not None or os.path.exists("/dev/nvidia0"),
+                    reason="this machine has ncu or a GPU")
+def test_find_ncu_here_is_unavailable():
+    with pytest.raises(NcuNotAvailable):
+        profile.find_ncu()
