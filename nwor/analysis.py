@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import numpy as np
 import pandas as pd
 
 from nwor.stats import first_present
@@ -187,8 +186,10 @@ def load_profile(outputs_root: str | Path, profile: str,
     logger.info("loaded %d runs, %d batches, %d requests from %s", len(runs), len(batches), len(requests), folder)
     runs = pd.DataFrame(runs)
     for column in INT_COLUMNS:
-        runs[column] = runs.get(column, pd.Series(dtype=float)).astype("Int64")  # NaN-able integers, so ids and reasons print "t256"
-    runs["dram_bytes_write"] = pd.to_numeric(runs.get("dram_bytes_write", pd.Series(index=runs.index, dtype=float))).astype(float)
+        # NaN-able integers, so that reasons print "max_tokens=256", not "256.0"
+        runs[column] = runs.get(column, pd.Series(index=runs.index, dtype=float)).astype("Int64")
+    dram = runs.get("dram_bytes_write", pd.Series(index=runs.index, dtype=float))
+    runs["dram_bytes_write"] = pd.to_numeric(dram).astype(float)
     return Frames(runs, pd.DataFrame(batches), pd.DataFrame(requests))
 
 
@@ -270,7 +271,8 @@ def check_determinism(frames: Frames) -> pd.DataFrame:
                    "treatment_run_id": pair.treatment_run_id, "temperature": pair.temperature,
                    "n_requests": None, "n_differ": None, "status": pair.status, "reason": pair.reason}
             if pair.status == "ok" and pair.temperature != 0.0:
-                row.update(status="not required", reason=f"temperature {pair.temperature} > 0: sampled outputs may differ")
+                row.update(status="not required",
+                           reason=f"temperature {pair.temperature} > 0: sampled outputs may differ")
             elif pair.status == "ok":
                 base, treat = hashes.loc[pair.baseline_run_id], hashes.loc[pair.treatment_run_id]
                 compared = differ = 0
@@ -326,6 +328,10 @@ def _fmt(value, low=math.nan, high=math.nan) -> str:
     return f"{value:+.1f}%" + ("" if pd.isna(low) else f" (95% CI {low:+.1f} to {high:+.1f})")
 
 
+def _fmt_ci(row, name: str) -> str:
+    return _fmt(getattr(row, name), getattr(row, f"{name}_ci_low"), getattr(row, f"{name}_ci_high"))
+
+
 def _pick_threshold(early_exit: pd.DataFrame, temperature: float, differs: set, max_overhead: float):
     candidates = early_exit[(early_exit.role == "treatment") & (early_exit.temperature == temperature)]
     if candidates.empty:
@@ -341,8 +347,7 @@ def _pick_threshold(early_exit: pd.DataFrame, temperature: float, differs: set, 
             rejected.append(f"{name}: outputs differ from threshold 0.0 at temperature 0")
         elif r.dram_write_reduction_pct <= 0 or not r.latency_overhead_pct_ci_high <= max_overhead:
             rejected.append(f"{name}: DRAM writes {_fmt(-r.dram_write_reduction_pct)}, latency "
-                            f"{_fmt(r.latency_overhead_pct, r.latency_overhead_pct_ci_low, r.latency_overhead_pct_ci_high)}"
-                            f" (CI must stay below +{max_overhead}%)")
+                            f"{_fmt_ci(r, 'latency_overhead_pct')} (CI must stay below +{max_overhead}%)")
         else:
             usable.append(r)
     if not usable:
@@ -350,8 +355,8 @@ def _pick_threshold(early_exit: pd.DataFrame, temperature: float, differs: set, 
     best = max(usable, key=lambda r: r.dram_write_reduction_pct)
     return best.confidence_threshold, (
         f"threshold {best.confidence_threshold} ({best.label}): DRAM writes {_fmt(-best.dram_write_reduction_pct)}, "
-        f"tokens stopped {best.stop_pct:.1f}%, latency {_fmt(best.latency_overhead_pct, best.latency_overhead_pct_ci_low, best.latency_overhead_pct_ci_high)}"
-        f"; largest DRAM saving whose latency CI stays below +{max_overhead}%")
+        f"tokens stopped {best.stop_pct:.1f}%, latency {_fmt_ci(best, 'latency_overhead_pct')}; "
+        f"largest DRAM saving whose latency CI stays below +{max_overhead}%")
 
 
 def recommend(adaptive: pd.DataFrame, early_exit: pd.DataFrame, determinism: pd.DataFrame, *,
@@ -373,14 +378,13 @@ def recommend(adaptive: pd.DataFrame, early_exit: pd.DataFrame, determinism: pd.
     differs = set(determinism[determinism.status == "differs"].treatment_run_id)
     rows = []
     for r in adaptive.itertuples():
-        latency = _fmt(r.latency_reduction_pct, r.latency_reduction_pct_ci_low, r.latency_reduction_pct_ci_high)
+        latency = _fmt_ci(r, "latency_reduction_pct")
         if r.status != "ok":
             choice, why = "no recommendation", first_present(r.reason)
         elif r.treatment_run_id in differs:
             choice, why = "off", f"outputs differ from adaptive off at temperature 0; latency reduction {latency}"
         elif r.latency_reduction_pct_ci_low > 0:
-            choice, why = "on", (f"latency reduction {latency}, throughput "
-                                 f"{_fmt(r.throughput_improvement_pct, r.throughput_improvement_pct_ci_low, r.throughput_improvement_pct_ci_high)}"
+            choice, why = "on", (f"latency reduction {latency}, throughput {_fmt_ci(r, 'throughput_improvement_pct')}"
                                  f", draft tokens {_fmt(-r.draft_token_reduction_pct)}")
         else:
             choice, why = "off", f"latency reduction {latency}: {r.latency_reduction_pct_verdict}"

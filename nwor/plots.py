@@ -16,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 
 from nwor import stats
+from nwor.analysis import MAX_LATENCY_OVERHEAD_PCT
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def footnote(frame: pd.DataFrame) -> str:
     if len(bad):
         reasons = bad["pair_reason"] if "pair_reason" in bad else bad["reason"]
         names = bad.run_id if "run_id" in bad and "pair_reason" not in bad else bad.label
-        text += (" Not compared: " if "pair_reason" in bad else " Not measured: ") + "; ".join(f"{n}: {_short(r, 110)}" for n, r in zip(names, reasons))
+        text += " Not compared: " if "pair_reason" in bad else " Not measured: "
+        text += "; ".join(f"{n}: {_short(r, 110)}" for n, r in zip(names, reasons))
     return "\n".join(textwrap.wrap(text, FOOTNOTE_WIDTH))
 
 
@@ -58,7 +60,7 @@ def _finish(fig: plt.Figure, frame: pd.DataFrame, title: str) -> plt.Figure:
 
 
 def _no_data(ax: plt.Axes, reason: str) -> None:
-    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(f"no data ({reason})", 50)), ha="center", va="center", alpha=0,
+    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(f"no data ({reason})", 50)), ha="center", va="center",
             transform=ax.transAxes, fontsize=10, color="0.4")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -220,7 +222,7 @@ def plot_threshold_tradeoff(early_exit: pd.DataFrame) -> plt.Figure:
         sns.lineplot(data=measured.assign(gib=measured.dram_bytes_write / 2 ** 30), x="confidence_threshold",
                      y="gib", hue="label", marker="o", ax=dram)
         dram.legend(title=None, fontsize=8)
-        dram.set(ylabel="DRAM bytes written (GiB, ncu dram__bytes_write.sum)")
+        dram.set(ylabel="DRAM writes (GiB, ncu)")
     dram.set(xlabel="confidence threshold")
     timed = early_exit[early_exit.latency_s.notna()]
     if timed.empty:
@@ -242,6 +244,9 @@ def plot_threshold_tradeoff(early_exit: pd.DataFrame) -> plt.Figure:
             trade.annotate(f"{row.confidence_threshold} ({row.label})", (row.latency_overhead_pct,
                            row.dram_write_reduction_pct), xytext=(4, 4), textcoords="offset points", fontsize=7)
         trade.axvline(0, color="0.5", lw=1)
+        trade.axvline(MAX_LATENCY_OVERHEAD_PCT, color="tab:red", lw=1, ls="--",
+                      label=f"recommendation limit +{MAX_LATENCY_OVERHEAD_PCT}%")
+        trade.legend(fontsize=8, loc="lower right")
     trade.set(xlabel="latency overhead vs threshold 0.0 (%, 95% CI)", ylabel="DRAM write reduction (%)")
     return _finish(fig, early_exit, "Confidence early exit: bandwidth savings vs latency")
 

@@ -258,7 +258,8 @@ def compare_adaptive(frames, pairs: pd.DataFrame, *, level: str = "batch") -> pd
                 f"not compared: {pair.status}")
         rows.append(row)
     first = list(pairs.columns) + [f"{n}{s}" for n in ("latency_reduction_pct", "throughput_improvement_pct")
-                                   for s in ("", "_ci_low", "_ci_high", "_verdict")] + ["draft_token_reduction_pct", "n_samples"]
+                                   for s in ("", "_ci_low", "_ci_high", "_verdict")]
+    first += ["draft_token_reduction_pct", "n_samples"]
     frame = pd.DataFrame(rows)
     return frame.reindex(columns=list(dict.fromkeys(first + list(frame.columns))))
 
@@ -315,12 +316,13 @@ def compare_early_exit(frames, pairs: pd.DataFrame, *, level: str = "batch") -> 
 def acceptance_correlation(adaptive: pd.DataFrame) -> Correlation:
     """Pearson r between a workload's baseline acceptance rate and its latency reduction % (paired rows)."""
     ok = adaptive[(adaptive.status == "ok") & adaptive.baseline_draft_acceptance_rate.notna()]
-    return correlation_ci(ok.baseline_draft_acceptance_rate.astype(float), ok.latency_reduction_pct.astype(float))
+    return correlation_ci(ok.baseline_draft_acceptance_rate.astype(float),
+                          ok.latency_reduction_pct.astype(float))
 
 
 def key_numbers(frames, adaptive: pd.DataFrame, early_exit: pd.DataFrame, determinism: pd.DataFrame, *,
                 level: str = "batch") -> pd.DataFrame:
-    """Every number the write-up quotes, one per row: value, 95 % CI, verdict, n and how it was computed.
+    """Every number the write-up quotes, one per row: key, value, 95 % CI, verdict, n and how it was computed.
 
     Averages over workloads are unweighted means of per-workload percent changes; their CI resamples every
     workload's samples (`mean_percent_change_ci`). Workloads that were not measured are named in `basis`.
@@ -334,55 +336,57 @@ def key_numbers(frames, adaptive: pd.DataFrame, early_exit: pd.DataFrame, determ
     how = f"per-{level} samples, {N_RESAMPLES} bootstrap resamples, seed {SEED}"
     rows = []
 
-    def add(key, quantity, estimate, better, basis):
+    def add(key, quantity, estimate, better, basis, n=None, verdict_text=None):
         rows.append({"key": key, "quantity": quantity, "value": estimate.value, "ci_low": estimate.ci_low,
-                     "ci_high": estimate.ci_high, "verdict": verdict(estimate, better),
-                     "n": f"{estimate.n_baseline} vs {estimate.n_treatment}", "basis": basis})
+                     "ci_high": estimate.ci_high, "verdict": verdict_text or verdict(estimate, better),
+                     "n": n or f"{estimate.n_baseline} vs {estimate.n_treatment}", "basis": basis})
 
-    for name, samples in (("latency reduction", latency), ("throughput improvement", throughput)):
+    for key, samples, sign in (("latency_reduction_pct", latency, -1), ("throughput_improvement_pct", throughput, 1)):
         if len(ok):
-            groups = [(samples[r.baseline_run_id], samples[r.treatment_run_id]) for r in ok.itertuples()]
-            estimate = mean_percent_change_ci(groups, seed=SEED)
-            key = "latency_reduction_pct" if name == "latency reduction" else "throughput_improvement_pct"
-            add(f"adaptive.mean.{key}", f"adaptive: {name} %, mean of {len(ok)} workloads",
-                estimate.negated() if name == "latency reduction" else estimate, "higher",
+            estimate = mean_percent_change_ci([(samples[r.baseline_run_id], samples[r.treatment_run_id])
+                                               for r in ok.itertuples()])
+            add(f"adaptive.mean.{key}", f"adaptive: {key}, mean of {len(ok)} workloads",
+                estimate.negated() if sign < 0 else estimate, "higher",
                 f"unweighted mean of per-workload changes; {how}; {left_out}")
-    add("adaptive.mean.draft_token_reduction_pct", f"adaptive: draft-token reduction %, mean of {len(ok)} workloads",
+    add("adaptive.mean.draft_token_reduction_pct", f"adaptive: draft_token_reduction_pct, mean of {len(ok)} workloads",
         Estimate(float(ok.draft_token_reduction_pct.mean()) if len(ok) else math.nan,
                  note="no CI: spec_num_draft_tokens is one counter per run"), "higher",
-        f"mean of per-workload (1 - adaptive1/adaptive0) x 100 on spec_num_draft_tokens; {left_out}")
+        f"mean of per-workload (1 - adaptive1/adaptive0) x 100 on spec_num_draft_tokens; {left_out}",
+        n=f"{len(ok)} workloads")
     for r in adaptive.itertuples():
-        add(f"adaptive.W{r.workload_number}.latency_reduction_pct", f"adaptive: latency reduction %, {r.label}",
+        add(f"adaptive.W{r.workload_number}.latency_reduction_pct", f"adaptive: latency_reduction_pct, {r.label}",
             Estimate(r.latency_reduction_pct, r.latency_reduction_pct_ci_low, r.latency_reduction_pct_ci_high,
-                     note=first_present(r.reason)), "higher",
-            f"{r.baseline_run_id} vs {r.treatment_run_id}; {r.n_samples} samples; {how}")
+                     note=first_present(r.reason)), "higher", f"{r.baseline_run_id} vs {r.treatment_run_id}; {how}",
+            n=first_present(r.n_samples, "-"))
     corr = acceptance_correlation(adaptive)
-    rows.append({"key": "adaptive.correlation_r", "quantity": "adaptive: Pearson r, baseline acceptance rate vs latency reduction %",
-                 "value": corr.r, "ci_low": corr.ci_low, "ci_high": corr.ci_high,
-                 "verdict": corr.note or ("inside the noise (CI includes 0)" if corr.ci_low <= 0 <= corr.ci_high
-                                          else f"p = {corr.p_value:.3f}"),
-                 "n": f"{corr.n} workloads", "basis": "bootstrap over workloads; p from scipy.stats.pearsonr"})
+    add("adaptive.correlation_r", "adaptive: Pearson r, baseline acceptance rate vs latency_reduction_pct",
+        Estimate(corr.r, corr.ci_low, corr.ci_high, note=corr.note), "higher",
+        f"bootstrap over workloads; p = {corr.p_value:.3f} from scipy.stats.pearsonr", n=f"{corr.n} workloads",
+        verdict_text=corr.note or ("inside the noise (CI includes 0)" if corr.ci_low <= 0 <= corr.ci_high
+                                   else "correlated (CI excludes 0)"))
     for r in early_exit[early_exit.role == "treatment"].itertuples():
         what = f"early exit threshold {r.confidence_threshold}, {r.label}"
         key = f"early_exit.{r.label.replace(' ', '_')}.threshold{r.confidence_threshold}"
-        note = first_present(r.pair_reason, r.reason)
-        add(f"{key}.dram_write_reduction_pct", f"{what}: DRAM write reduction %", Estimate(r.dram_write_reduction_pct, note=first_present(
-            note, r.dram_reason, "no CI: ncu gives one region total per run")),
-            "higher", f"{r.baseline_run_id} vs {r.run_id}; dram__bytes_write.sum from ncu")
+        pair_note, n = first_present(r.pair_reason, r.reason), first_present(r.n_samples, "-")
+        add(f"{key}.dram_write_reduction_pct", f"{what}: dram_write_reduction_pct",
+            Estimate(r.dram_write_reduction_pct, note=first_present(
+                pair_note, r.dram_reason, "no CI: ncu gives one region total per run")), "higher",
+            f"{r.baseline_run_id} vs {r.run_id}; dram__bytes_write.sum from ncu", n="1 vs 1")
         add(f"{key}.stop_pct", f"{what}: tokens stopped %", Estimate(r.stop_pct, note=first_present(
             r.reason, r.early_exit_reason, "no CI: one counter per run")), "higher",
-            "early_exit.stop_pct from the early-exit instrumentation")
-        add(f"{key}.latency_overhead_pct", f"{what}: latency overhead %", Estimate(r.latency_overhead_pct, r.latency_overhead_pct_ci_low,
-                                                    r.latency_overhead_pct_ci_high, note=note), "lower",
-            f"{r.baseline_run_id} vs {r.run_id}; {r.n_samples} samples; {how}")
+            "early_exit.stop_pct from the early-exit instrumentation", n="1 run")
+        add(f"{key}.latency_overhead_pct", f"{what}: latency_overhead_pct",
+            Estimate(r.latency_overhead_pct, r.latency_overhead_pct_ci_low, r.latency_overhead_pct_ci_high,
+                     note=pair_note), "lower", f"{r.baseline_run_id} vs {r.run_id}; {how}", n=n)
     differs = determinism[determinism.status == "differs"]
-    rows.append({"key": "determinism.pairs_differing", "quantity": "determinism: temperature-0 pairs whose outputs differ", "value": float(len(differs)),
-                 "ci_low": math.nan, "ci_high": math.nan, "verdict": "finding: investigate" if len(differs) else
-                 "all identical", "n": f"{int((determinism.status.isin(['identical', 'differs'])).sum())} pairs",
-                 "basis": "; ".join(f"{r.treatment_run_id}: {r.reason}" for r in differs.itertuples()) or
-                 "output_hashes compared request by request"})
+    compared = int(determinism.status.isin(["identical", "differs"]).sum())
+    add("determinism.pairs_differing", "determinism: temperature-0 pairs whose outputs differ",
+        Estimate(float(len(differs))), "higher",
+        "; ".join(f"{r.treatment_run_id}: {r.reason}" for r in differs.itertuples())
+        or "output_hashes compared request by request", n=f"{compared} pairs compared",
+        verdict_text="finding: investigate" if len(differs) else "all identical")
     not_ok = frames.runs[frames.runs.status != "ok"]
-    rows.append({"key": "runs.not_measured", "quantity": "runs not measured", "value": float(len(not_ok)), "ci_low": math.nan,
-                 "ci_high": math.nan, "verdict": "see reasons" if len(not_ok) else "none", "n": f"{len(frames.runs)} runs",
-                 "basis": "; ".join(f"{r.run_id}: {r.reason}" for r in not_ok.itertuples()) or "all ok"})
+    add("runs.not_measured", "runs not measured", Estimate(float(len(not_ok))), "higher",
+        "; ".join(f"{r.run_id}: {r.reason}" for r in not_ok.itertuples()) or "all ok",
+        n=f"{len(frames.runs)} runs", verdict_text="see basis" if len(not_ok) else "none")
     return pd.DataFrame(rows)

@@ -7,8 +7,6 @@ import functools
 import importlib.util
 import json
 import math
-import shutil
-import sys
 from pathlib import Path
 
 import nbformat

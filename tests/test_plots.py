@@ -11,7 +11,6 @@ matplotlib.use("Agg")  # tests run headless
 
 import matplotlib.pyplot as plt  # noqa: E402
 import nbformat  # noqa: E402
-import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from nwor import analysis, plots, stats  # noqa: E402
@@ -67,7 +66,8 @@ def test_every_figure_names_its_build_and_feature_impl(profile, build):
 
 def test_footnote_names_what_was_not_measured():
     frames, adaptive, *_ = report("smoke")
-    assert "W6 batch sampled: treatment run6_r32_t256_temp0.7_d10_adaptive1 failed" in plots.footnote(adaptive).replace("\n", " ")
+    note = plots.footnote(adaptive).replace("\n", " ")
+    assert "W6 batch sampled: treatment run6_r32_t256_temp0.7_d10_adaptive1 failed" in note
     assert "7 of 8 rows measured" in plots.footnote(adaptive)
     per_position = analysis.acceptance_per_position(frames, "adaptive_grid")
     assert "15 of 16 rows measured" in plots.footnote(per_position)  # runs, not positions

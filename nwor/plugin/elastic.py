@@ -86,6 +86,8 @@ class ElasticState:
             "steps": self.steps,
             "acceptance_rate_ewma": self.ewma,
             "num_speculative_tokens": self.num_speculative_tokens,
+            # What choose_draft_length picks from; a pick above the step's requested length is capped.
+            "draft_length_options": list(self.options),
             "config": json.loads(self.config.to_json()),
         }
 

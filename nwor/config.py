@@ -1,0 +1,211 @@
+"""The run specification: one frozen dataclass, validated before any engine starts."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from nwor.errors import ConfigError
+
+METHODS = ("eagle", "ngram", "none")
+FEATURE_IMPLS = ("auto", "native", "plugin")
+NCU_MODES = ("after", "instead")
+NCU_REPLAY_MODES = ("app-range", "kernel")
+DEFAULT_NCU_METRICS = (
+    "dram__bytes_write.sum",
+    "dram__bytes_read.sum",
+    "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+    "l1tex__t_bytes.sum",
+)
+# Model names that resolve to the locally built tiny pair (nwor.tiny).
+TINY_TARGET, TINY_DRAFT = "tiny", "tiny-eagle"
+# Environment overrides the user relies on (the original scripts' variables); read here only.
+ENV_OVERRIDES = {
+    "TARGET_MODEL": "target_model",
+    "DRAFT_MODEL": "draft_model",
+    "TENSOR_PARALLEL_SIZE": "tensor_parallel_size",
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs; its resolved form is stored in the result and hashed for resume."""
+
+    run_id: str = "adhoc"
+    grid: str = "adhoc"
+    profile: str = "adhoc"
+    workload_number: int | None = None
+    workload_name: str = ""
+    target_model: str = TINY_TARGET
+    draft_model: str | None = TINY_DRAFT
+    method: str = "eagle"
+    num_speculative_tokens: int = 4
+    num_requests: int = 8
+    measured_batches: int = 2
+    warmup_batches: int = 1
+    temperature: float = 0.0
+    top_p: float = 0.9
+    max_new_tokens: int = 32
+    ignore_eos: bool = True  # fixed output lengths keep batches comparable across settings
+    max_model_len: int = 512
+    tensor_parallel_size: int = 1
+    dtype: str = "auto"
+    gpu_memory_utilization: float = 0.2  # on the CPU build: the fraction of RAM reserved for KV cache
+    enforce_eager: bool = False
+    attention_backend: str | None = None  # e.g. FLASH_ATTN where flashinfer is not installed
+    prompt_set: str = "builtin:chat"
+    prompt_shuffle_seed: int = 42
+    prompt_min_chars: int = 1
+    prompt_max_chars: int = 800
+    adaptive_draft_length: bool = False
+    draft_length_options: tuple[int, ...] | None = None
+    confidence_threshold: float = 0.0
+    feature_impl: str = "auto"  # auto: the engine's own if it has the feature, else nwor's plugin
+    ncu: bool = False
+    ncu_metrics: tuple[str, ...] = DEFAULT_NCU_METRICS
+    ncu_mode: str = "after"  # after: the measured pass, then a separate profiled pass
+    ncu_replay_mode: str = "app-range"
+    ncu_timeout_s: float = 3600.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("ncu_metrics", "draft_length_options"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        _validate(self)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for name in ("ncu_metrics", "draft_length_options"):
+            if data[name] is not None:
+                data[name] = list(data[name])
+        return data
+
+    def params_hash(self) -> str:
+        """Hash of every measured parameter; a stored result with another hash is stale."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def speculative(self) -> bool:
+        return self.method != "none"
+
+
+SPEC_FIELDS = tuple(f.name for f in fields(RunSpec))
+
+
+def _check(ok: bool, name: str, message: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"invalid {name}={value!r}: {message}", field=name, value=value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _looks_local(model: str) -> bool:
+    # A Hugging Face id is "org/name"; anything absolute, relative-dotted or home-relative is a path.
+    return model.startswith(("/", "./", "../", "~"))
+
+
+def _validate(spec: RunSpec) -> None:
+    for name in ("num_speculative_tokens", "num_requests", "measured_batches", "max_new_tokens",
+                 "max_model_len", "tensor_parallel_size", "prompt_min_chars", "prompt_max_chars"):
+        value = getattr(spec, name)
+        _check(_is_int(value) and value >= 1, name, "must be an integer >= 1", value)
+    for name in ("warmup_batches", "seed", "prompt_shuffle_seed"):
+        value = getattr(spec, name)
+        _check(_is_int(value) and value >= 0, name, "must be an integer >= 0", value)
+    _check(_is_number(spec.temperature) and spec.temperature >= 0, "temperature", "must be >= 0", spec.temperature)
+    _check(_is_number(spec.top_p) and 0 < spec.top_p <= 1, "top_p", "must be in (0, 1]", spec.top_p)
+    _check(_is_number(spec.confidence_threshold) and 0 <= spec.confidence_threshold <= 1,
+           "confidence_threshold", "must be in [0, 1]", spec.confidence_threshold)
+    _check(_is_number(spec.gpu_memory_utilization) and 0 < spec.gpu_memory_utilization <= 1,
+           "gpu_memory_utilization", "must be in (0, 1]", spec.gpu_memory_utilization)
+    _check(_is_number(spec.ncu_timeout_s) and spec.ncu_timeout_s > 0, "ncu_timeout_s", "must be > 0",
+           spec.ncu_timeout_s)
+    _check(spec.method in METHODS, "method", f"must be one of {', '.join(METHODS)}", spec.method)
+    _check(spec.feature_impl in FEATURE_IMPLS, "feature_impl", f"must be one of {', '.join(FEATURE_IMPLS)}",
+           spec.feature_impl)
+    _check(spec.ncu_mode in NCU_MODES, "ncu_mode", f"must be one of {', '.join(NCU_MODES)}", spec.ncu_mode)
+    _check(spec.ncu_replay_mode in NCU_REPLAY_MODES, "ncu_replay_mode",
+           f"must be one of {', '.join(NCU_REPLAY_MODES)}", spec.ncu_replay_mode)
+    _check(spec.prompt_min_chars <= spec.prompt_max_chars, "prompt_min_chars",
+           f"must be <= prompt_max_chars ({spec.prompt_max_chars})", spec.prompt_min_chars)
+    for name in ("adaptive_draft_length", "ncu", "enforce_eager", "ignore_eos"):
+        _check(isinstance(getattr(spec, name), bool), name, "must be true or false", getattr(spec, name))
+    _check(isinstance(spec.run_id, str) and spec.run_id and "/" not in spec.run_id and not spec.run_id.startswith("."),
+           "run_id", "must be a non-empty file name", spec.run_id)
+    _check(bool(spec.ncu_metrics) and all(isinstance(m, str) and m for m in spec.ncu_metrics),
+           "ncu_metrics", "must be a non-empty list of metric names", spec.ncu_metrics)
+    if spec.draft_length_options is not None:
+        _check(all(_is_int(o) and o >= 1 for o in spec.draft_length_options) and spec.draft_length_options,
+               "draft_length_options", "must be a list of integers >= 1", spec.draft_length_options)
+    if spec.method == "eagle":
+        _check(bool(spec.draft_model), "draft_model", "method eagle needs a draft model", spec.draft_model)
+    if not spec.speculative:
+        _check(not spec.adaptive_draft_length and spec.confidence_threshold == 0, "method",
+               "method none cannot use adaptive draft length or early exit", spec.method)
+    if spec.confidence_threshold > 0:
+        _check(spec.method == "eagle", "confidence_threshold", "early exit needs EAGLE drafting (method eagle)",
+               spec.confidence_threshold)
+    for name in ("target_model", "draft_model"):
+        model = getattr(spec, name)
+        if model and _looks_local(model):
+            _check(Path(model).expanduser().is_dir(), name, "no such local model folder", model)
+
+
+def spec_from_mapping(values: dict, *, source: str = "parameters") -> RunSpec:
+    """Build a RunSpec from a mapping that may hold other names too (e.g. a notebook's globals).
+
+    Raises:
+        ConfigError: a value is invalid.
+    """
+    known = {k: values[k] for k in SPEC_FIELDS if k in values}
+    try:
+        return RunSpec(**known)
+    except TypeError as err:  # wrong types that dataclasses reject before validation
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def apply_env_overrides(values: dict, environ=os.environ) -> dict:
+    """Return `values` with TARGET_MODEL / DRAFT_MODEL / TENSOR_PARALLEL_SIZE applied where set.
+
+    Raises:
+        ConfigError: TENSOR_PARALLEL_SIZE is not an integer.
+    """
+    out = dict(values)
+    for var, name in ENV_OVERRIDES.items():
+        raw = environ.get(var)
+        if raw:
+            if name == "tensor_parallel_size":
+                try:
+                    out[name] = int(raw)
+                except ValueError:
+                    raise ConfigError(f"invalid {var}={raw!r}: must be an integer", field=name) from None
+            else:
+                out[name] = raw
+    return out
+
+
+def resolve_models(spec: RunSpec) -> dict:
+    """Local paths for the engine: the tiny names are built on demand (nwor.tiny), others pass through."""
+    paths = {"target_model": spec.target_model, "draft_model": spec.draft_model}
+    if TINY_TARGET in (spec.target_model, spec.draft_model) or spec.draft_model == TINY_DRAFT:
+        from nwor.tiny import ensure_tiny_models
+
+        tiny = ensure_tiny_models()
+        if spec.target_model == TINY_TARGET:
+            paths["target_model"] = tiny.target
+        if spec.draft_model == TINY_DRAFT:
+            paths["draft_model"] = tiny.draft
+    if spec.method == "ngram":
+        paths["draft_model"] = None
+    return paths
+

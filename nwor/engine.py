@@ -1,0 +1,136 @@
+"""Building and releasing the vLLM engine for one run, with its logs kept in a file."""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from nwor.config import RunSpec
+from nwor.features import FeaturePlan
+
+# The fork logs this line from its EAGLE proposer; nwor's plugin exposes counters instead.
+_EARLY_EXIT_LINE = re.compile(
+    r"Confidence early exit stats: (\d+) tokens stopped out of (\d+) checks \(([\d.]+)%\)")
+
+
+def route_vllm_logs(log_path: str | Path, level: str = "INFO") -> None:
+    """Send vLLM's logs (this process and the engine processes it spawns) to `log_path`, not the notebook.
+
+    Must run before vLLM is imported: vLLM configures logging at import from these variables.
+    """
+    log_path = Path(log_path).resolve()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_path), "formatter": "plain"}},
+        "loggers": {"vllm": {"handlers": ["file"], "level": level, "propagate": False}},
+    }
+    fd, path = tempfile.mkstemp(prefix="nwor-vllm-logging-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(config, fh)
+    os.environ["VLLM_CONFIGURE_LOGGING"] = "1"
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = path
+
+
+@contextlib.contextmanager
+def quiet_streams(log_path: str | Path):
+    """Send everything written to stdout/stderr, by this process and the engine processes it starts,
+    to `log_path`: vLLM's progress bars, warnings and child-process output would flood the notebook.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with open(log_path, "a") as log:
+        try:
+            for fd in (1, 2):
+                os.dup2(log.fileno(), fd)
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield
+        finally:
+            log.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
+def engine_kwargs(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_region: bool = False) -> dict:
+    """Arguments for `vllm.LLM`: the spec's values, speculative config, and the plan's extra fields."""
+    kwargs = dict(
+        model=models["target_model"], tensor_parallel_size=spec.tensor_parallel_size,
+        max_model_len=spec.max_model_len, gpu_memory_utilization=spec.gpu_memory_utilization,
+        seed=spec.seed, dtype=spec.dtype, enforce_eager=spec.enforce_eager,
+        disable_log_stats=False,  # without it get_metrics() has no speculative-decoding counters
+        enable_prefix_caching=False,  # prefix-cache hits across batches would skew latency
+    )
+    if spec.attention_backend:
+        kwargs["attention_config"] = {"backend": spec.attention_backend}
+    if spec.method == "eagle":
+        kwargs["speculative_config"] = {"method": "eagle", "model": models["draft_model"],
+                                        "num_speculative_tokens": spec.num_speculative_tokens,
+                                        **plan.speculative_config}
+    elif spec.method == "ngram":
+        kwargs["speculative_config"] = {"method": "ngram", "num_speculative_tokens": spec.num_speculative_tokens,
+                                        "prompt_lookup_max": 4, "prompt_lookup_min": 1}
+    if profile_region:
+        kwargs["profiler_config"] = {"profiler": "cuda"}  # start/stop_profile -> cudaProfilerStart/Stop
+    return kwargs
+
+
+def start_engine(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_region: bool = False):
+    """Set the plan's switches in this process's environment (the engine inherits them) and build the LLM."""
+    os.environ.update(plan.env)
+    from vllm import LLM
+
+    return LLM(**engine_kwargs(spec, models, plan, profile_region=profile_region))
+
+
+def effective_speculation(llm, plan: FeaturePlan) -> dict:
+    """The speculative configuration the engine really runs with, read back after start-up."""
+    config = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
+    spec_config = getattr(config, "speculative_config", None)
+    out = {"method": getattr(spec_config, "method", None),
+           "num_speculative_tokens": getattr(spec_config, "num_speculative_tokens", None),
+           "draft_length_options": getattr(spec_config, "draft_length_options", None),
+           "confidence_threshold": getattr(spec_config, "draft_confidence_threshold", None),
+           "dtype": str(getattr(getattr(config, "model_config", None), "dtype", None)),
+           "source": "engine"}
+    if plan.uses_plugin:
+        from nwor import plugin
+
+        stats = plugin.read_stats(llm)
+        cfg = stats.get("config") or {}
+        out.update(draft_length_options=stats.get("draft_length_options") or cfg.get("draft_length_options"),
+                   confidence_threshold=cfg.get("confidence_threshold"),
+                   adaptive_draft_length=cfg.get("adaptive_draft_length"), source=plan.feature_impl)
+    if isinstance(out["draft_length_options"], tuple):
+        out["draft_length_options"] = list(out["draft_length_options"])
+    return out
+
+
+def native_early_exit_from_log(log_path: str | Path) -> dict | None:
+    """The fork's last `Confidence early exit stats` line in the run's vLLM log, or None."""
+    path = Path(log_path)
+    if not path.exists():
+        return None
+    matches = _EARLY_EXIT_LINE.findall(path.read_text(errors="replace"))
+    if not matches:
+        return None
+    stopped, checks, pct = matches[-1]
+    return {"tokens_stopped": int(stopped), "checks": int(checks), "stop_pct": float(pct)}
+
+
+def release_engine(llm) -> None:
+    """Shut the engine down so its memory (and, on a GPU, the device) is free for the next pass."""
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del llm
+    gc.collect()

@@ -1,0 +1,101 @@
+"""Executing a run's notebook with papermill in a fresh kernel, and the one place output paths are built."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nwor.config import SPEC_FIELDS, RunSpec
+from nwor.errors import ConfigError, RunFailed
+from nwor.results import failure, read_result, write_result
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+RUN_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "run_experiment.ipynb"
+REPORT_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "report.ipynb"
+OUTPUTS_ENV = "NWOR_OUTPUTS"
+# Parameters the run notebook takes besides the RunSpec fields.
+PATH_PARAMETERS = ("result_path", "log_path")
+
+
+def outputs_root() -> Path:
+    """`$NWOR_OUTPUTS`, else `outputs/` in the current directory."""
+    return Path(os.environ.get(OUTPUTS_ENV) or "outputs").resolve()
+
+
+def run_dir(profile: str, grid: str, root: str | Path | None = None) -> Path:
+    """`<root>/<profile>/<grid>`: where a grid's notebooks, JSON, logs and ncu reports live."""
+    return Path(root).resolve() / profile / grid if root else outputs_root() / profile / grid
+
+
+def run_paths(spec: RunSpec, result_path: str = "", log_path: str = "", root=None) -> tuple[str, str]:
+    """The result JSON and vLLM log paths of a run; empty arguments get the defaults under run_dir()."""
+    result = Path(result_path) if result_path else run_dir(spec.profile, spec.grid, root) / f"{spec.run_id}.json"
+    log = Path(log_path) if log_path else result.with_name(f"{spec.run_id}.vllm.log")
+    return _relative(result), _relative(log)
+
+
+def _relative(path: Path) -> str:
+    """Relative to the working directory where possible: executed notebooks then name no machine paths."""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def notebook_path(result_path: str | Path) -> Path:
+    return Path(result_path).with_suffix(".ipynb")
+
+
+def check_parameters(notebook: Path, names) -> None:
+    """Raise unless the notebook's `parameters` cell declares every name we will pass.
+
+    Raises:
+        ConfigError: a name is not declared (papermill would inject it silently).
+    """
+    import papermill
+
+    declared = set(papermill.inspect_notebook(str(notebook)))
+    missing = sorted(set(names) - declared)
+    if missing:
+        raise ConfigError(f"{notebook.name}: parameters cell does not declare {', '.join(missing)}",
+                          notebook=str(notebook))
+
+
+def run_notebook(spec: RunSpec, *, root=None, notebook: Path = RUN_NOTEBOOK) -> dict:
+    """Execute the run notebook for `spec` in a fresh kernel; return the run's result document.
+
+    The executed notebook is always kept next to the JSON. On failure a result with status "failed"
+    (cell, exception, notebook path) is written instead, so nothing mistakes the run for finished.
+
+    Raises:
+        RunFailed: the notebook raised; the failure record is already written.
+    """
+    import papermill
+
+    result_path, log_path = run_paths(spec, root=root)
+    executed = notebook_path(result_path)
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    # A rerun starts clean: a run killed midway then leaves no JSON, never an older one beside a new notebook.
+    Path(result_path).unlink(missing_ok=True)
+    check_parameters(notebook, (*SPEC_FIELDS, *PATH_PARAMETERS))
+    parameters = {**spec.to_dict(), "result_path": result_path, "log_path": log_path}
+    try:
+        papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name="python3",
+                                   progress_bar=False, log_output=False, cwd=str(Path.cwd()))
+    except papermill.PapermillExecutionError as err:
+        message = f"{err.ename}: {err.evalue}".strip()
+        status = "refused" if err.ename in ("FeatureUnavailable", "ConfigError") else "failed"
+        write_result(result_path, failure(spec, RunFailed(message), status=status, notebook=str(executed),
+                                          cell_index=err.exec_count, exception=err.ename))
+        raise RunFailed(f"run {spec.run_id} {status}: {message} (see {executed})", run_id=spec.run_id,
+                        notebook=str(executed), cell=err.exec_count, exception=err.ename) from None
+    except Exception as err:  # the kernel died or could not start: no PapermillExecutionError to read
+        write_result(result_path, failure(spec, err, notebook=str(executed)))
+        raise RunFailed(f"run {spec.run_id} failed: {type(err).__name__}: {err} (see {executed})",
+                        run_id=spec.run_id, notebook=str(executed)) from None
+    if not Path(result_path).exists():
+        write_result(result_path, failure(spec, "notebook finished without writing its result",
+                                          notebook=str(executed)))
+        raise RunFailed(f"run {spec.run_id}: notebook wrote no result (see {executed})", run_id=spec.run_id,
+                        notebook=str(executed))
+    return read_result(result_path)

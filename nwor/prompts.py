@@ -1,0 +1,104 @@
+"""Prompt sets: built-in generated ones (no downloads), Hugging Face datasets, and local files."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from nwor.errors import ConfigError
+
+# Named Hugging Face sets: where the prompt text lives and which rows are prompts.
+HF_SETS = {
+    "OpenAssistant/oasst1": {"split": "train", "field": "text", "where": {"role": "prompter"}},
+    "bigcode/bigcodebench": {"split": "v0.1.4", "field": "instruct_prompt", "where": {}},
+    "euclaise/writingprompts": {"split": "train", "field": "prompt", "where": {}},
+}
+BUILTIN_SIZE = 256
+
+_TOPICS = ["water", "time", "people", "a river", "the castle", "numbers", "sound", "a long day", "the night"]
+_CHAT = ["Can you help me with {t}?", "What do you know about {t}?", "Please explain {t} to me like I am new.",
+         "I have a question about {t}: how does it work?", "Thanks! Now tell me more about {t} and why it matters."]
+_CODE = ["Write a Python function that returns the {t} of a list.", "def {f}(values):\n    \"\"\"Return the {t}.\"\"\"\n",
+         "Complete this code:\nclass {F}:\n    def {f}(self):\n        return", "Fix the bug: print({f}(list))  # {t}"]
+_CREATIVE = ["Write a story about {t} and a dragon.", "A wizard finds {t} in the old castle. Continue the story.",
+             "Write a poem about {t} at night.", "Once upon a time there was {t} near the river, and"]
+
+
+def _builtin(kind: str) -> list[str]:
+    templates = {"chat": _CHAT, "code": _CODE, "creative": _CREATIVE}.get(kind)
+    if templates is None:
+        raise ConfigError(f"unknown built-in prompt set {kind!r} (known: chat, code, creative)")
+    rng = random.Random(f"nwor-builtin-{kind}")
+    funcs = ["total", "mean", "longest", "count_words", "find_first", "merge"]
+    prompts = []
+    for i in range(BUILTIN_SIZE):
+        f = rng.choice(funcs)
+        text = rng.choice(templates).format(t=rng.choice(_TOPICS), f=f, F=f.title().replace("_", ""))
+        prompts.append(f"{text} ({i})")  # distinct prompts: no accidental prefix-cache hits across requests
+    return prompts
+
+
+def _local(path: Path, field: str | None) -> list[str]:
+    if not path.is_file():
+        raise ConfigError(f"prompt file {path} does not exist")
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        rows = pd.read_parquet(path).to_dict("records")
+    elif path.suffix in (".jsonl", ".json"):
+        text = path.read_text()
+        rows = json.loads(text) if path.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
+    elif path.suffix == ".txt":
+        return [l for l in path.read_text().splitlines() if l.strip()]
+    else:
+        raise ConfigError(f"prompt file {path}: use .jsonl, .json, .parquet or .txt")
+    names = [field] if field else ["prompt", "text", "instruction"]
+    for name in names:
+        if rows and isinstance(rows[0], dict) and name in rows[0]:
+            return [str(r[name]) for r in rows]
+    raise ConfigError(f"prompt file {path}: no column named {' or '.join(names)}")
+
+
+def _huggingface(name: str) -> list[str]:
+    conf = HF_SETS.get(name, {"split": "train", "field": "prompt", "where": {}})
+    hint = (f"point nwor at a local copy instead: prompt_set: /path/to/prompts.jsonl "
+            f"(one JSON object per line with a '{conf['field']}' field)")
+    try:
+        import datasets
+
+        table = datasets.load_dataset(name, split=conf["split"])
+    except Exception as err:  # offline, missing, gated: all end the same way for the user
+        raise ConfigError(f"cannot load prompt dataset {name!r} ({type(err).__name__}); {hint}") from None
+    rows = table.filter(lambda r: all(r.get(k) == v for k, v in conf["where"].items())) if conf["where"] else table
+    if conf["field"] not in rows.column_names:
+        raise ConfigError(f"prompt dataset {name!r} has no field {conf['field']!r}; {hint}")
+    return [str(t) for t in rows[conf["field"]]]
+
+
+def load_prompts(source: str, *, min_chars: int = 1, max_chars: int = 800, shuffle_seed: int = 42) -> list[str]:
+    """Load, filter by length, de-duplicate and shuffle a prompt set.
+
+    `source` is `builtin:chat|code|creative`, `hf:ORG/NAME`, or a local file path (optionally
+    `path.jsonl#field`).
+
+    Raises:
+        ConfigError: the source is unknown or unreadable, or no prompt passes the length filter.
+    """
+    if source.startswith("builtin:"):
+        prompts = _builtin(source.split(":", 1)[1])
+    elif source.startswith("hf:"):
+        prompts = _huggingface(source.split(":", 1)[1])
+    else:
+        path, _, field = source.partition("#")
+        prompts = _local(Path(path).expanduser(), field or None)
+    kept = list(dict.fromkeys(p for p in prompts if min_chars <= len(p) <= max_chars))
+    if not kept:
+        raise ConfigError(f"prompt set {source!r}: no prompt of {min_chars}-{max_chars} characters")
+    random.Random(shuffle_seed).shuffle(kept)
+    return kept
+
+
+def batch_prompts(prompts: list[str], batch_index: int, num_requests: int) -> list[str]:
+    """The prompts of one batch: consecutive slices of the shuffled set, wrapping around."""
+    start = batch_index * num_requests
+    return [prompts[(start + j) % len(prompts)] for j in range(num_requests)]

@@ -1,0 +1,102 @@
+"""Where a result came from: nwor's commit, the vLLM build, torch/CUDA, the GPUs and driver, the environment."""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nwor
+
+# Variables that change what the engine does; recorded verbatim in every result.
+RECORDED_ENV_PREFIXES = ("VLLM_", "NWOR_", "CUDA_", "HF_", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS")
+RECORDED_ENV_NAMES = ("TARGET_MODEL", "DRAFT_MODEL", "TENSOR_PARALLEL_SIZE")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def display_path(path: str | Path | None) -> str | None:
+    """A path as results record it: relative to the working directory inside it, `~/...` under home.
+
+    Keeps machine-specific prefixes out of artifacts that get committed and shared.
+    """
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        return str(path)
+    for base, label in ((Path.cwd(), None), (Path.home(), "~")):
+        try:
+            rel = p.resolve().relative_to(base.resolve())
+        except ValueError:
+            continue
+        return str(rel) if label is None else f"{label}/{rel}"
+    return str(p)
+
+
+def _run(argv: list[str]) -> str | None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_state() -> dict:
+    """Commit and dirty flag of the nwor checkout, or nulls for an installed copy."""
+    root = Path(nwor.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return {"git_sha": None, "git_dirty": None}
+    sha = _run(["git", "-C", str(root), "rev-parse", "HEAD"])
+    status = _run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"])
+    return {"git_sha": sha, "git_dirty": None if status is None else bool(status)}
+
+
+def gpu_info() -> dict:
+    """GPU names, memory and driver from nvidia-smi; empty where there is none."""
+    if not shutil.which("nvidia-smi"):
+        return {"gpus": [], "driver": None}
+    out = _run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
+    gpus, driver = [], None
+    for line in (out or "").splitlines():
+        parts = [p.strip() for p in line.split(",")]  # nvidia-smi's fixed three-column format
+        if len(parts) == 3:
+            gpus.append({"name": parts[0], "memory": parts[1]})
+            driver = parts[2]
+    return {"gpus": gpus, "driver": driver}
+
+
+def recorded_env(environ=os.environ) -> dict:
+    return {k: v for k, v in sorted(environ.items())
+            if k.startswith(RECORDED_ENV_PREFIXES) or k in RECORDED_ENV_NAMES}
+
+
+def collect() -> dict:
+    """Everything a reviewer needs to reproduce the software side of a run."""
+    info = {"nwor_version": nwor.__version__, **git_state(), "python": sys.version.split()[0],
+            "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    try:
+        import torch
+
+        info["torch_version"] = torch.__version__
+        info["cuda_version"] = torch.version.cuda
+    except ImportError:
+        info["torch_version"] = info["cuda_version"] = None
+    try:
+        import vllm
+        from vllm.platforms import current_platform
+
+        info["vllm_version"] = vllm.__version__
+        info["vllm_platform"] = str(getattr(current_platform, "device_type", None))
+    except ImportError:
+        info["vllm_version"] = info["vllm_platform"] = None
+    info.update(gpu_info())
+    ncu = shutil.which("ncu")
+    info["ncu_version"] = (_run([ncu, "--version"]) or "").splitlines()[-1] if ncu else None
+    info["env_vars"] = recorded_env()
+    return info
