@@ -1,0 +1,244 @@
+"""The `nwor` command line: parse arguments, call one function, show the result."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from nwor.errors import ConfigError, NworError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, profile and analyse speculative-decoding "
+                  "experiments on vLLM.")
+ncu_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nsight Compute reports.")
+app.add_typer(ncu_app, name="ncu")
+# Piped output (CI logs, notebooks) gets a wide console instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 180)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 180)
+
+GridsArg = typer.Argument(None, help="adaptive_grid, early_exit_grid, oneoff_scenarios, or all (default)")
+ProfileOpt = typer.Option("smoke", "--profile", "-p", help="full | smoke | gpu-smoke (parameters/profiles.yaml)")
+OutputsOpt = typer.Option(None, "--outputs", help="outputs folder (default: $NWOR_OUTPUTS or ./outputs)")
+
+
+def _specs(grids, profile, only=None, target_model=None, draft_model=None, tensor_parallel_size=None,
+           feature_impl=None):
+    from nwor.grid import expand_all
+
+    overrides = {k: v for k, v in dict(target_model=target_model, draft_model=draft_model,
+                                       tensor_parallel_size=tensor_parallel_size,
+                                       feature_impl=feature_impl).items() if v is not None}
+    specs = expand_all(list(grids or ["all"]), profile, overrides=overrides)
+    if only:
+        known = {s.run_id for s in specs}
+        unknown = [r for r in only if r not in known]
+        if unknown:
+            raise ConfigError(f"unknown run id {unknown[0]!r} in profile {profile} (see `nwor plan`)")
+        specs = [s for s in specs if s.run_id in only]
+    return specs
+
+
+def _fmt_s(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _state_table(states, estimate) -> Table:
+    table = Table(show_lines=False)
+    table.add_column("grid", no_wrap=True)
+    table.add_column("run id", no_wrap=True)
+    for col in ( "requests", "tokens", "temp", "draft", "adaptive", "threshold", "ncu", "status",
+                "time"):
+        table.add_column(col)
+    colour = {"done": "green", "failed": "red", "refused": "red", "stale": "yellow", "pending": "white"}
+    for st in states:
+        s = st.spec
+        table.add_row(s.grid, s.run_id, str(s.num_requests), str(s.max_new_tokens), str(s.temperature),
+                      str(s.num_speculative_tokens), "on" if s.adaptive_draft_length else "off",
+                      str(s.confidence_threshold), "on" if s.ncu else "off",
+                      f"[{colour[st.status]}]{st.status}[/]" + (f" ({st.reason[:60]})" if st.reason else ""),
+                      _fmt_s(st.duration_s if st.status == "done" else estimate))
+    return table
+
+
+def _fail(error: NworError) -> None:
+    err.print(f"nwor: error: {error}", markup=False, highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def plan(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt, outputs: Optional[str] = OutputsOpt):
+    """Table of runs with their parameters, status and estimated time."""
+    from nwor.grid import load_profile
+    from nwor.suite import estimate_s, run_state
+
+    try:
+        specs = _specs(grids, profile)
+        states = [run_state(s, outputs) for s in specs]
+        estimate = estimate_s(states, load_profile(profile).estimate_s_per_run)
+    except NworError as e:
+        _fail(e)
+    out.print(_state_table(states, estimate))
+    remaining = [s for s in states if s.status != "done"]
+    total = None if estimate is None else estimate * len(remaining)
+    out.print(f"{len(states)} runs: {len(states) - len(remaining)} done, {len(remaining)} to run "
+              f"(estimated {_fmt_s(total)})")
+
+
+@app.command()
+def status(profile: str = ProfileOpt, outputs: Optional[str] = OutputsOpt):
+    """Counts of done / failed / stale / pending runs for a profile."""
+    from collections import Counter
+
+    from nwor.suite import run_state
+
+    try:
+        states = [run_state(s, outputs) for s in _specs(None, profile)]
+    except NworError as e:
+        _fail(e)
+    counts = Counter(st.status for st in states)
+    out.print(f"profile {profile}: " + ", ".join(f"{counts[k]} {k}" for k in
+                                                  ("done", "failed", "refused", "stale", "pending") if counts[k]))
+    for st in states:
+        if st.status in ("failed", "refused"):
+            out.print(f"  {st.status}: {st.spec.grid}/{st.spec.run_id}: {st.reason}", markup=False)
+
+
+@app.command()
+def run(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt,
+        only: Optional[List[str]] = typer.Option(None, "--only", help="run only these run ids (repeatable)"),
+        force: bool = typer.Option(False, "--force", help="rerun runs that are already done"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and run nothing"),
+        target_model: Optional[str] = typer.Option(None, help="override the profile's target model"),
+        draft_model: Optional[str] = typer.Option(None, help="override the profile's draft model"),
+        tensor_parallel_size: Optional[int] = typer.Option(None, help="override tensor parallel size"),
+        feature_impl: Optional[str] = typer.Option(None, help="auto | native | plugin"),
+        outputs: Optional[str] = OutputsOpt):
+    """Execute each pending run in a fresh kernel (papermill); resumable, one runner per outputs folder."""
+    from nwor.grid import load_profile
+    from nwor.suite import estimate_s, run_state, run_suite
+
+    try:
+        specs = _specs(grids, profile, only, target_model, draft_model, tensor_parallel_size, feature_impl)
+        states = [run_state(s, outputs) for s in specs]
+        estimate = estimate_s(states, load_profile(profile).estimate_s_per_run)
+    except NworError as e:
+        _fail(e)
+    todo = [s for s in states if force or s.status != "done"]
+    if dry_run:
+        out.print(_state_table(states, estimate))
+        out.print(f"dry run: {len(todo)} of {len(states)} runs would execute")
+        return
+    if not todo:
+        out.print(f"nothing to do: all {len(states)} runs are done with the same parameters")
+        return
+    if len(todo) < len(states):
+        out.print(f"resuming: {len(states) - len(todo)} runs done, {len(todo)} remain")
+    if any(s.spec.ncu for s in todo):
+        from nwor.errors import NcuNotAvailable
+        from nwor.profile import find_ncu
+
+        try:
+            find_ncu()
+        except NcuNotAvailable as e:  # said once per suite; each run records it in its JSON
+            out.print(f"[yellow]Nsight Compute unavailable here ({e}); ncu runs record 'unavailable'.[/]")
+    ok = _run_with_progress(todo, estimate, outputs, force)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _run_with_progress(todo, estimate, outputs, force) -> bool:
+    from nwor.suite import run_suite
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    results = {}
+    with Progress(*columns, console=err, transient=False) as bar:
+        suite_task = bar.add_task("suite", total=len(todo))
+        run_task = bar.add_task("", total=estimate or 60)
+        started = [time.monotonic()]
+
+        def progress(event, state, index, total):
+            if event == "start":
+                started[0] = time.monotonic()
+                bar.reset(run_task, total=estimate or 60, description=state.spec.run_id)
+            else:
+                results[state.spec.run_id] = state
+                bar.update(run_task, completed=estimate or 60)
+                bar.advance(suite_task)
+                colour = "green" if state.status == "done" else "red"
+                bar.console.print(f"[{colour}]{state.status:>8}[/] {state.spec.grid}/{state.spec.run_id} "
+                                  f"({time.monotonic() - started[0]:.0f} s)"
+                                  + (f": {state.reason}" if state.reason else ""), highlight=False)
+
+        try:
+            import threading
+
+            stop = threading.Event()
+
+            def tick():  # the current run's bar advances with time against the estimate
+                while not stop.wait(1.0):
+                    bar.update(run_task, completed=min(time.monotonic() - started[0], (estimate or 60) * 0.99))
+
+            threading.Thread(target=tick, daemon=True).start()
+            run_suite([s.spec for s in todo], root=outputs, force=force, progress=progress)
+        except KeyboardInterrupt:
+            left = len(todo) - len(results)
+            err.print(f"interrupted: {left} runs remain; run the same command to resume")
+            raise typer.Exit(130)
+        except NworError as e:
+            _fail(e)
+        finally:
+            stop.set()
+    failed = [s for s in results.values() if s.status != "done"]
+    out.print(f"{len(results) - len(failed)} runs done, {len(failed)} failed or refused")
+    return not failed
+
+
+@app.command()
+def report(profile: str = ProfileOpt, outputs: Optional[str] = OutputsOpt):
+    """Execute the analysis notebook for a profile; writes HTML, PNG and SVG under outputs/<profile>/report/."""
+    from nwor.report import render_report
+
+    try:
+        html = render_report(profile, outputs)
+    except NworError as e:
+        _fail(e)
+    out.print(f"report: {html}")
+
+
+@app.command()
+def doctor():
+    """Python, vLLM build, GPU/driver, ncu and counter permission, and whether the tiny models build."""
+    from nwor.doctor import checks
+
+    failed = 0
+    for name, ok, detail in checks():
+        failed += not ok
+        out.print(f"{'[green]ok[/]' if ok else '[red]FAIL[/]':>4} {name}: {detail}", highlight=False)
+    raise typer.Exit(1 if failed else 0)
+
+
+@ncu_app.command("summarize")
+def ncu_summarize(path: str = typer.Argument(..., help="a .ncu-rep report or an ncu --csv --page raw export")):
+    """Per-metric totals (base units) and the top kernels of an Nsight Compute report."""
+    from nwor.ncu_read import summarize
+
+    try:
+        out.print(summarize(path), markup=False, highlight=False)
+    except NworError as e:
+        _fail(e)
+
+
+def main() -> None:
+    try:
+        app()
+    except NworError as e:  # anything that escaped a command: still one line and exit 2
+        err.print(f"nwor: error: {e}", markup=False, highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

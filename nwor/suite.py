@@ -1,0 +1,180 @@
+"""Running a suite of runs: status of each (done / failed / stale / pending), a lock, logs, progress, resume."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from nwor.config import RunSpec
+from nwor.errors import FeatureUnavailable, LockHeld, NworError, RunFailed, SchemaError
+from nwor.execute import notebook_path, outputs_root, run_dir, run_notebook, run_paths
+from nwor.results import failure, read_result, write_result
+
+MASTER_LOG = "master_experiment.log"
+GRID_LOG = "experiment.log"
+
+
+@dataclass(frozen=True)
+class RunState:
+    spec: RunSpec
+    status: str  # done | failed | refused | stale | pending
+    reason: str | None
+    duration_s: float | None
+    result_path: str
+
+
+def _duration(executed: Path) -> float | None:
+    """papermill records each executed notebook's duration in its metadata."""
+    try:
+        return json.loads(executed.read_text())["metadata"]["papermill"]["duration"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_state(spec: RunSpec, root=None) -> RunState:
+    """Done only if the JSON says ok, reads under the current schema, and came from the same parameters."""
+    result_path, _ = run_paths(spec, root=root)
+    path = Path(result_path)
+    if not path.exists():
+        return RunState(spec, "pending", None, None, result_path)
+    try:
+        doc = read_result(path)
+    except SchemaError as err:
+        return RunState(spec, "stale", str(err), None, result_path)
+    duration = _duration(notebook_path(path))
+    if doc.get("params_hash") != spec.params_hash():
+        return RunState(spec, "stale", "parameters changed since this result was made", duration, result_path)
+    if doc["status"] == "ok":
+        return RunState(spec, "done", None, duration, result_path)
+    return RunState(spec, doc["status"], (doc.get("error") or {}).get("message"), duration, result_path)
+
+
+def estimate_s(states: list[RunState], default_s: float | None) -> float | None:
+    """Seconds per run: the mean of measured durations where known, else the profile's estimate."""
+    known = [s.duration_s for s in states if s.duration_s]
+    return sum(known) / len(known) if known else default_s
+
+
+class SuiteLock:
+    """One runner per outputs folder. A lock left by a dead process (same host) is cleared."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".nwor.lock"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder and self._alive(holder):
+                    raise LockHeld(f"another nwor runner (pid {holder['pid']} on {holder['host']}, since "
+                                   f"{holder['since']}) is using {self.path.parent}; wait for it or stop it",
+                                   lock=str(self.path)) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": _stamp()}, fh)
+            return self
+        raise LockHeld(f"could not take the lock {self.path}", lock=str(self.path))
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _alive(holder: dict) -> bool:
+        if holder.get("host") != socket.gethostname():
+            return True  # cannot tell for another host: respect the lock
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except (ProcessLookupError, ValueError, TypeError, KeyError):
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _stamp() -> str:
+    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+class SuiteLog:
+    """Timestamped START / SKIP / COMPLETE / ERROR lines, per grid and for the whole profile."""
+
+    def __init__(self, profile_dir: Path, root=None):
+        self.profile_dir, self.root = profile_dir, root
+
+    def write(self, spec: RunSpec, event: str, detail: str = "") -> None:
+        line = f"[{_stamp()}] {event:<8} {spec.grid}/{spec.run_id}{(' ' + detail) if detail else ''}\n"
+        for path in (self.profile_dir / MASTER_LOG, run_dir(spec.profile, spec.grid, self.root) / GRID_LOG):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as fh:
+                fh.write(line)
+
+
+def preflight(specs: list[RunSpec]) -> dict[str, str]:
+    """Runs that this vLLM build must refuse, with the one-line reason, found before any engine starts."""
+    from nwor.features import detect_capability, plan_features
+
+    cap = detect_capability()
+    refused = {}
+    for spec in specs:
+        try:
+            plan_features(spec, cap)
+        except FeatureUnavailable as err:
+            refused[spec.run_id] = str(err)
+    return refused
+
+
+def run_suite(specs: list[RunSpec], *, root=None, force: bool = False, progress=None) -> list[RunState]:
+    """Execute every run that is not done (or all, with force), each in a fresh kernel; never stop on failure.
+
+    `progress(event, state, index, total)` is called around each run for the CLI's display.
+
+    Raises:
+        LockHeld: another live runner holds the profile's outputs folder.
+    """
+    profiles = {s.profile for s in specs}
+    profile_dir = (Path(root).resolve() if root else outputs_root()) / (profiles.pop() if len(profiles) == 1 else "")
+    log = SuiteLog(profile_dir, root)
+    finished: list[RunState] = []
+    with SuiteLock(profile_dir):
+        states = [run_state(s, root) for s in specs]
+        todo = [st for st in states if force or st.status != "done"]
+        for st in states:
+            if st not in todo:
+                log.write(st.spec, "SKIP", "done with the same parameters")
+                finished.append(st)
+        refused = preflight([st.spec for st in todo]) if todo else {}
+        for i, st in enumerate(todo):
+            spec = st.spec
+            if progress:
+                progress("start", st, i, len(todo))
+            if spec.run_id in refused:
+                write_result(st.result_path, failure(spec, FeatureUnavailable(refused[spec.run_id]),
+                                                     status="refused"))
+                log.write(spec, "ERROR", f"refused: {refused[spec.run_id]}")
+            else:
+                log.write(spec, "START")
+                started = time.monotonic()
+                try:
+                    run_notebook(spec, root=root)
+                    log.write(spec, "COMPLETE", f"{time.monotonic() - started:.1f}s")
+                except (RunFailed, NworError) as err:
+                    log.write(spec, "ERROR", str(err))
+            done = run_state(spec, root)
+            finished.append(done)
+            if progress:
+                progress("end", done, i, len(todo))
+    return finished
