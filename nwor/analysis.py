@@ -256,6 +256,31 @@ def pair_early_exit(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def count_differing(base: dict, treat: dict) -> tuple[int, int]:
+    """(compared, differing) outputs of two runs, given {batch: [output hash, ...]} for each.
+
+    Outputs are matched by batch and position (both runs see the same prompts in the same order);
+    a request present in one run only counts as differing.
+    """
+    compared = differ = 0
+    for batch in sorted(set(base) | set(treat)):
+        b, t = base.get(batch, []), treat.get(batch, [])
+        compared += max(len(b), len(t))
+        differ += sum(x != y for x, y in zip(b, t)) + abs(len(b) - len(t))
+    return compared, differ
+
+
+def compare_outputs(a: dict, b: dict) -> dict:
+    """How many requests of two result documents produced different outputs, e.g. adaptive 0 vs 1 at T=0.
+
+    Speculative decoding is lossless at temperature 0, so any difference there is a finding.
+    """
+    hashes = [{r["batch"]: r["output_hashes"] for r in doc.get("results") or []} for doc in (a, b)]
+    compared, differ = count_differing(*hashes)
+    return {"run_ids": [a.get("run_id"), b.get("run_id")], "n_requests": compared, "n_differ": differ,
+            "identical": differ == 0 and compared > 0}
+
+
 def check_determinism(frames: Frames) -> pd.DataFrame:
     """Compare `output_hashes` of every temperature-0 pair (adaptive on/off, threshold vs 0.0).
 
@@ -274,12 +299,8 @@ def check_determinism(frames: Frames) -> pd.DataFrame:
                 row.update(status="not required",
                            reason=f"temperature {pair.temperature} > 0: sampled outputs may differ")
             elif pair.status == "ok":
-                base, treat = hashes.loc[pair.baseline_run_id], hashes.loc[pair.treatment_run_id]
-                compared = differ = 0
-                for batch in sorted(set(base.index) | set(treat.index)):
-                    b, t = base.get(batch, []), treat.get(batch, [])
-                    compared += max(len(b), len(t))
-                    differ += sum(x != y for x, y in zip(b, t)) + abs(len(b) - len(t))
+                compared, differ = count_differing(hashes.loc[pair.baseline_run_id].to_dict(),
+                                                   hashes.loc[pair.treatment_run_id].to_dict())
                 row.update(n_requests=compared, n_differ=differ, status="differs" if differ else "identical",
                            reason=f"{differ} of {compared} outputs differ at temperature 0" if differ else None)
             rows.append(row)

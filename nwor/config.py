@@ -40,6 +40,7 @@ class RunSpec:
     workload_name: str = ""
     target_model: str = TINY_TARGET
     draft_model: str | None = TINY_DRAFT
+    tiny_models: str = "cpu"  # recipe of the locally built pair (nwor.tiny.RECIPES) when the models are tiny
     method: str = "eagle"
     num_speculative_tokens: int = 4
     num_requests: int = 8
@@ -130,6 +131,7 @@ def _validate(spec: RunSpec) -> None:
            "gpu_memory_utilization", "must be in (0, 1]", spec.gpu_memory_utilization)
     _check(_is_number(spec.ncu_timeout_s) and spec.ncu_timeout_s > 0, "ncu_timeout_s", "must be > 0",
            spec.ncu_timeout_s)
+    _check(spec.tiny_models in ("cpu", "gpu"), "tiny_models", "must be cpu or gpu", spec.tiny_models)
     _check(spec.method in METHODS, "method", f"must be one of {', '.join(METHODS)}", spec.method)
     _check(spec.feature_impl in FEATURE_IMPLS, "feature_impl", f"must be one of {', '.join(FEATURE_IMPLS)}",
            spec.feature_impl)
@@ -198,9 +200,10 @@ def resolve_models(spec: RunSpec) -> dict:
     """Local paths for the engine: the tiny names are built on demand (nwor.tiny), others pass through."""
     paths = {"target_model": spec.target_model, "draft_model": spec.draft_model}
     if TINY_TARGET in (spec.target_model, spec.draft_model) or spec.draft_model == TINY_DRAFT:
-        from nwor.tiny import ensure_tiny_models
+        from nwor.tiny import RECIPES, ensure_tiny_models
 
-        tiny = ensure_tiny_models()
+
+        tiny = ensure_tiny_models(RECIPES[spec.tiny_models])
         if spec.target_model == TINY_TARGET:
             paths["target_model"] = tiny.target
         if spec.draft_model == TINY_DRAFT:

@@ -38,14 +38,29 @@ class TinyRecipe:
     num_key_value_heads: int = 2
     vocab_size: int = 1000
     # Sharp target logits: an unscaled random lm_head is nearly flat (top-token p ≈ 0.005), which
-    # would make every temperature > 0 run accept nothing.
-    lm_head_scale: float = 20.0
+    # would make every temperature > 0 run accept nothing. None: 20 × sqrt(128 / hidden), which keeps
+    # the logits' spread (std ≈ 4.5) the same at every width.
+    lm_head_scale: float | None = None
     draft_noise: float = 0.1  # acceptance ~0.3-0.5 at T=0, lower at T=0.7 (docs/tiny_models.md)
     seed: int = 0
+    torch_dtype: str = "float32"
+
+    @property
+    def effective_lm_head_scale(self) -> float:
+        return self.lm_head_scale if self.lm_head_scale is not None else 20.0 * (128 / self.hidden_size) ** 0.5
 
     def key(self) -> str:
         blob = json.dumps({"recipe_version": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# Named recipes a run selects with `tiny_models`: "cpu" for the smoke suite; "gpu" is one Llama-3-8B-sized
+# layer (≈ 250 M parameters with its head) so that an H100 has real work, stored in bfloat16.
+RECIPES = {
+    "cpu": TinyRecipe(),
+    "gpu": TinyRecipe(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                      torch_dtype="bfloat16"),
+}
 
 
 @dataclass(frozen=True)
@@ -123,7 +138,7 @@ def _build(recipe: TinyRecipe, root: Path) -> None:
         num_hidden_layers=1, num_attention_heads=recipe.num_attention_heads,
         num_key_value_heads=recipe.num_key_value_heads, max_position_embeddings=4096,
         bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False,
-        rms_norm_eps=1e-6, torch_dtype="float32",
+        rms_norm_eps=1e-6, torch_dtype=recipe.torch_dtype,
     )
     torch.manual_seed(recipe.seed)
     model = LlamaForCausalLM(cfg).float()
@@ -134,8 +149,9 @@ def _build(recipe: TinyRecipe, root: Path) -> None:
         # Unit-RMS rows make the input RMSNorm (weight 1) an identity, so the EAGLE layer, which
         # has no input norm, sees exactly what the target's layer sees.
         model.model.embed_tokens.weight.copy_(emb / emb.pow(2).mean(dim=1, keepdim=True).sqrt())
-        model.lm_head.weight.mul_(recipe.lm_head_scale)
-    model.save_pretrained(target_dir, safe_serialization=True)
+        model.lm_head.weight.mul_(recipe.effective_lm_head_scale)
+    dtype = getattr(torch, recipe.torch_dtype)
+    model.to(dtype).save_pretrained(target_dir, safe_serialization=True)
 
     # EAGLE-1 head: fc([embeds, hidden]) -> one decoder layer without input norm; vLLM shares the
     # target's embeddings and lm_head. fc passes the token embedding only and the layer copies the
@@ -148,13 +164,14 @@ def _build(recipe: TinyRecipe, root: Path) -> None:
     layer = model.model.layers[0]
     fc = torch.cat([torch.eye(h), torch.zeros(h, h)], dim=1)
     weights = {"fc.weight": noisy(fc) if recipe.draft_noise else fc}
+    layer = layer.float()
     for name, tensor in layer.state_dict().items():
         if name.startswith("input_layernorm"):
             continue
         is_norm = "layernorm" in name
         weights[f"layers.0.{name}"] = tensor.clone() if is_norm or not recipe.draft_noise else noisy(tensor)
     eagle_dir.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(eagle_dir / "model.safetensors"))
+    save_file({k: v.to(dtype) for k, v in weights.items()}, str(eagle_dir / "model.safetensors"))
     eagle_cfg = cfg.to_dict()
     eagle_cfg["architectures"] = ["EagleLlamaForCausalLM"]
     (eagle_dir / "config.json").write_text(json.dumps(eagle_cfg, indent=2))

