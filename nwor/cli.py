@@ -64,8 +64,13 @@ def _state_table(states, estimate) -> Table:
     return table
 
 
+def _say_error(error) -> None:
+    """One line on stderr, however long (rich would wrap it at the console width)."""
+    err.print(f"nwor: error: {error}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _fail(error: NworError) -> None:
-    err.print(f"nwor: error: {error}", markup=False, highlight=False)
+    _say_error(error)
     raise typer.Exit(2)
 
 
@@ -236,7 +241,7 @@ def main() -> None:
     try:
         app()
     except NworError as e:  # anything that escaped a command: still one line and exit 2
-        err.print(f"nwor: error: {e}", markup=False, highlight=False)
+        _say_error(e)
         sys.exit(2)
 
 

@@ -69,6 +69,7 @@ def engine_kwargs(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_reg
         disable_log_stats=False,  # without it get_metrics() has no speculative-decoding counters
         enable_prefix_caching=False,  # prefix-cache hits across batches would skew latency
     )
+    kwargs.update(plan.engine_kwargs)
     if spec.attention_backend:
         kwargs["attention_config"] = {"backend": spec.attention_backend}
     if spec.method == "eagle":

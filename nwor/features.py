@@ -111,6 +111,7 @@ class FeaturePlan:
     impl: dict[str, str]  # feature -> native | nwor-plugin | off
     env: dict[str, str] = field(default_factory=dict)  # variables set for the engine, all recorded
     speculative_config: dict = field(default_factory=dict)  # extra SpeculativeConfig fields (fork)
+    engine_kwargs: dict = field(default_factory=dict)  # extra vllm.LLM arguments, all recorded
 
     @property
     def feature_impl(self) -> str:
@@ -123,7 +124,7 @@ class FeaturePlan:
 
     def to_dict(self) -> dict:
         return {"impl": dict(self.impl), "feature_impl": self.feature_impl, "switches": dict(self.env),
-                "speculative_config": dict(self.speculative_config)}
+                "speculative_config": dict(self.speculative_config), "engine_kwargs": dict(self.engine_kwargs)}
 
 
 def _provider(feature: str, spec: RunSpec, cap: Capability) -> str:
@@ -161,6 +162,14 @@ def plan_features(spec: RunSpec, cap: Capability, *, stats_path: str | None = No
         env[cap.adaptive_env] = "1" if impl[ADAPTIVE] == "native" else "0"
     if cap.threshold_env:
         env[cap.threshold_env] = str(spec.confidence_threshold if impl[EARLY_EXIT] == "native" else 0.0)
+    engine_kwargs: dict = {}
+    if cap.plugin_supported and spec.speculative:
+        # The engine settings the plugin needs (e.g. vLLM 0.24.0's V1 model runner, no async scheduling)
+        # apply to plugin-off runs too, so on and off differ only by the features themselves.
+        from nwor import plugin
+
+        env.update(plugin.required_engine_env(cap.vllm_version))
+        engine_kwargs.update(plugin.required_engine_kwargs(cap.vllm_version))
     speculative_config = {}
     if "draft_confidence_threshold" in cap.spec_config_fields:
         speculative_config["draft_confidence_threshold"] = (
@@ -176,4 +185,4 @@ def plan_features(spec: RunSpec, cap: Capability, *, stats_path: str | None = No
             confidence_threshold=spec.confidence_threshold if impl[EARLY_EXIT] == PLUGIN_LABEL else 0.0,
             stats_path=stats_path,
         ).to_json()
-    return FeaturePlan(impl=impl, env=env, speculative_config=speculative_config)
+    return FeaturePlan(impl=impl, env=env, speculative_config=speculative_config, engine_kwargs=engine_kwargs)

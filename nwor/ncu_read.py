@@ -157,8 +157,11 @@ def read_csv_export(source: str | Path | TextIO, metrics: Iterable[str] | None =
             requested metric is absent.
     """
     if isinstance(source, (str, Path)):
-        with open(source, newline="") as handle:
-            rows = list(csv.reader(handle))
+        try:
+            with open(source, newline="") as handle:
+                rows = list(csv.reader(handle))
+        except OSError as err:
+            raise ProfilerError(f"cannot read ncu export {source}: {err.strerror}", log_path=str(source)) from None
     else:
         rows = list(csv.reader(source))
     name = getattr(source, "name", source)

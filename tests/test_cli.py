@@ -71,11 +71,17 @@ def test_ncu_summarize_csv():
 
 @pytest.mark.parametrize("name", [
     "none.ncu-rep",
-    pytest.param("none.csv", marks=pytest.mark.xfail(
-        strict=True, reason="bug: nwor.ncu_read.read_csv_export opens the path unguarded, so a missing CSV "
-                            "raises FileNotFoundError (traceback, exit 1) instead of ProfilerError")),
+    "none.csv",
 ])
 def test_ncu_summarize_missing_file(tmp_path, name):
-    proc = nwor("ncu", "summarize", str(tmp_path / name))
+    proc = nwor("ncu", "summarize", name, cwd=tmp_path)  # a short path: see test_long_error_stays_one_line
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("nwor: error:"), proc.stderr
+
+
+def test_long_error_stays_one_line(tmp_path):
+    out = tmp_path / "outputs"
+    proc = nwor("run", "--only", "x" * 200, "--outputs", str(out))
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert not out.exists()

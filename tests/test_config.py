@@ -33,6 +33,8 @@ def test_defaults_are_valid():
         ("method", "bogus"),
         ("feature_impl", "x"),
         ("ncu_mode", "sometimes"),
+        ("ncu_replay_mode", "range"),
+        ("tiny_models", "huge"),
         ("adaptive_draft_length", 1),
         ("ncu", 0),
         ("enforce_eager", 1),
@@ -111,7 +113,7 @@ _CHANGED = {
     "prompt_set": "builtin:code", "prompt_shuffle_seed": 1, "prompt_min_chars": 2, "prompt_max_chars": 700,
     "adaptive_draft_length": True, "draft_length_options": (2, 4), "confidence_threshold": 0.5,
     "feature_impl": "plugin", "ncu": True, "ncu_metrics": ("a.sum",), "ncu_mode": "instead",
-    "ncu_replay_mode": "kernel", "ncu_timeout_s": 10.0, "seed": 1,
+    "ncu_replay_mode": "kernel", "ncu_timeout_s": 10.0, "seed": 1, "tiny_models": "gpu",
 }
 
 

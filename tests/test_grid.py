@@ -37,20 +37,30 @@ EXPECTED_IDS = [
 ]
 
 
+ENV_VARS = ("TARGET_MODEL", "DRAFT_MODEL", "TENSOR_PARALLEL_SIZE")
+
+
 @pytest.fixture(autouse=True)
 def _no_env_overrides(monkeypatch):
-    for var in ("TARGET_MODEL", "DRAFT_MODEL", "TENSOR_PARALLEL_SIZE"):
+    for var in ENV_VARS:
         monkeypatch.delenv(var, raising=False)
+
+
+def _expanded(profile: str) -> dict:
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped fixtures run before the autouse one
+        for var in ENV_VARS:
+            mp.delenv(var, raising=False)
+        return {s.run_id: s for s in expand_all(["all"], profile)}
 
 
 @pytest.fixture(scope="module")
 def full():
-    return {s.run_id: s for s in expand_all(["all"], "full")}
+    return _expanded("full")
 
 
 @pytest.fixture(scope="module")
 def smoke():
-    return {s.run_id: s for s in expand_all(["all"], "smoke")}
+    return _expanded("smoke")
 
 
 def test_full_has_exactly_the_27_ids():

