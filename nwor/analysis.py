@@ -121,9 +121,9 @@ def _run_row(doc: dict, path: Path) -> dict:
            "status": doc["status"], "reason": _reason(doc), "path": str(path),
            "workload_number": _prefer(path, "workload number", workload.get("number"), ids.get("workload_number")),
            "workload_name": workload.get("name"),
-           "num_prompts": _prefer(path, "num_requests", results[0]["num_requests"] if results else None,
-                                  ids.get("num_prompts")),
-           "max_tokens": _prefer(path, "max_tokens", sampling.get("max_tokens"), ids.get("max_tokens")),
+           # Profiles scale requests and tokens (run ids keep the grid's nominal values): the JSON wins.
+           "num_prompts": first_present(results[0]["num_requests"] if results else None, ids.get("num_prompts")),
+           "max_tokens": first_present(sampling.get("max_tokens"), ids.get("max_tokens")),
            "temperature": _prefer(path, "temperature", sampling.get("temperature"), ids.get("temperature")),
            "num_speculative_tokens": (features.get("effective") or {}).get("num_speculative_tokens",
                                                                             ids.get("num_speculative_tokens")),
@@ -131,8 +131,8 @@ def _run_row(doc: dict, path: Path) -> dict:
            "confidence_threshold": _prefer(path, "confidence threshold", requested.get("confidence_threshold"),
                                            ids.get("confidence_threshold")),
            "feature_impl": features.get("feature_impl"),
-           "vllm": f"vLLM {env.get('vllm_version')} ({env.get('vllm_build')} build, "
-                   f"{(features.get('capability') or {}).get('build')})",
+           "vllm": f"vLLM {env.get('vllm_version')} ({(features.get('capability') or {}).get('flavour')}, "
+                   f"{env.get('vllm_platform')})",
            "n_batches": len(results), "latency_avg_s": mode.get("latency_avg_s"),
            "spec_num_draft_tokens": mode.get("spec_num_draft_tokens"),
            "ncu_status": ncu.get("status"), "ncu_reason": ncu.get("reason"), "dram_bytes_write": dram,

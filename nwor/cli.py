@@ -150,18 +150,18 @@ def run(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt,
             find_ncu()
         except NcuNotAvailable as e:  # said once per suite; each run records it in its JSON
             out.print(f"[yellow]Nsight Compute unavailable here ({e}); ncu runs record 'unavailable'.[/]")
-    ok = _run_with_progress(todo, estimate, outputs, force)
+    ok = _run_with_progress(states, len(todo), estimate, outputs, force)
     raise typer.Exit(0 if ok else 1)
 
 
-def _run_with_progress(todo, estimate, outputs, force) -> bool:
+def _run_with_progress(states, n_todo, estimate, outputs, force) -> bool:
     from nwor.suite import run_suite
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     results = {}
     with Progress(*columns, console=err, transient=False) as bar:
-        suite_task = bar.add_task("suite", total=len(todo))
+        suite_task = bar.add_task("suite", total=n_todo)
         run_task = bar.add_task("", total=estimate or 60)
         started = [time.monotonic()]
 
@@ -188,9 +188,9 @@ def _run_with_progress(todo, estimate, outputs, force) -> bool:
                     bar.update(run_task, completed=min(time.monotonic() - started[0], (estimate or 60) * 0.99))
 
             threading.Thread(target=tick, daemon=True).start()
-            run_suite([s.spec for s in todo], root=outputs, force=force, progress=progress)
+            run_suite([s.spec for s in states], root=outputs, force=force, progress=progress)
         except KeyboardInterrupt:
-            left = len(todo) - len(results)
+            left = n_todo - len(results)
             err.print(f"interrupted: {left} runs remain; run the same command to resume")
             raise typer.Exit(130)
         except NworError as e:

@@ -86,8 +86,11 @@ class RunSpec:
         return data
 
     def params_hash(self) -> str:
-        """Hash of every measured parameter; a stored result with another hash is stale."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of every parameter that shapes the result; a stored result with another hash is stale.
+
+        Profiling settings shape only runs that profile, so a run without ncu ignores them.
+        """
+        return hash_params(self.to_dict())
 
     @property
     def speculative(self) -> bool:
@@ -95,6 +98,12 @@ class RunSpec:
 
 
 SPEC_FIELDS = tuple(f.name for f in fields(RunSpec))
+
+
+def hash_params(spec: dict) -> str:
+    """The resume key of a resolved spec (as stored in a result's `spec`); ncu settings count only with ncu on."""
+    data = spec if spec.get("ncu") else {k: v for k, v in spec.items() if not k.startswith("ncu_")}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check(ok: bool, name: str, message: str, value) -> None:

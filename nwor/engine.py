@@ -87,6 +87,9 @@ def engine_kwargs(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_reg
 def start_engine(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_region: bool = False):
     """Set the plan's switches in this process's environment (the engine inherits them) and build the LLM."""
     os.environ.update(plan.env)
+    # Fork would copy a Jupyter kernel's threads (heartbeat, iopub, output capture) into the engine
+    # process, which can deadlock it: on an H100 the engine hung at model init when forked from a kernel.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     from vllm import LLM
 
     return LLM(**engine_kwargs(spec, models, plan, profile_region=profile_region))

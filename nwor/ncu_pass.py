@@ -40,7 +40,7 @@ def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
     if not spec.ncu:
         return {"status": "off", "reason": "ncu not requested for this run"}
     try:
-        ncu_path, _ = profile.find_ncu()
+        ncu = profile.find_ncu()  # (path, version)
     except NcuNotAvailable as err:
         return profile.unavailable_record(str(err))
     paths = side_paths(result_path)
@@ -52,7 +52,7 @@ def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
         record = profile.profile_workload(
             workload_argv(spec, spec_path, paths), metrics=spec.ncu_metrics, report_path=paths["report"],
             log_path=paths["log"], timeout_s=spec.ncu_timeout_s, replay_mode=spec.ncu_replay_mode,
-            cache_control=CACHE_CONTROL, clock_control=CLOCK_CONTROL, ncu=ncu_path)
+            cache_control=CACHE_CONTROL, clock_control=CLOCK_CONTROL, ncu=ncu)
     except ProfilerError as err:
         failed = profile.unavailable_record(str(err))
         failed.update(status="failed", log_path=str(paths["log"]), tail=err.context.get("tail"))

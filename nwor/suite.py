@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from nwor.config import RunSpec
+from nwor.config import RunSpec, hash_params
 from nwor.errors import FeatureUnavailable, LockHeld, NworError, RunFailed, SchemaError
 from nwor.execute import notebook_path, outputs_root, run_dir, run_notebook, run_paths
 from nwor.results import failure, read_result, write_result
@@ -46,7 +46,7 @@ def run_state(spec: RunSpec, root=None) -> RunState:
     except SchemaError as err:
         return RunState(spec, "stale", str(err), None, result_path)
     duration = _duration(notebook_path(path))
-    if doc.get("params_hash") != spec.params_hash():
+    if not isinstance(doc.get("spec"), dict) or hash_params(doc["spec"]) != spec.params_hash():
         return RunState(spec, "stale", "parameters changed since this result was made", duration, result_path)
     if doc["status"] == "ok":
         return RunState(spec, "done", None, duration, result_path)

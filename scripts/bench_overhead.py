@@ -6,6 +6,7 @@ P2 (--ncu):   wall time of the run's Nsight Compute pass (`python -m nwor.bench`
              command without ncu, with the number of ranges / kernels ncu measured.
 
 Usage: python scripts/bench_overhead.py --profile gpu-smoke --run run3_r36_t128_temp0.0_d10_adaptive0 [--ncu]
+       [--set ncu_replay_mode=kernel --set num_requests=4 --set max_new_tokens=8]  (a short per-kernel window)
 """
 from __future__ import annotations
 
@@ -19,13 +20,19 @@ import time
 from pathlib import Path
 
 
-def _spec(profile: str, run_id: str):
+def _spec(profile: str, run_id: str, overrides: list[str]):
+    """The grid's spec for `run_id`, with `name=value` overrides (YAML-parsed values)."""
+    import dataclasses
+
+    import yaml
+
     from nwor.grid import expand_all
 
     specs = [s for s in expand_all(["all"], profile) if s.run_id == run_id]
     if not specs:
         sys.exit(f"unknown run id {run_id!r} in profile {profile}")
-    return specs[0]
+    changes = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}
+    return dataclasses.replace(specs[0], **changes)
 
 
 def p1(spec, repeats: int) -> dict:
@@ -83,8 +90,10 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a run id of the profile")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ncu", action="store_true", help="measure P2 instead of P1")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a RunSpec field, e.g. --set ncu_replay_mode=kernel --set measured_batches=1")
     args = parser.parse_args()
-    spec = _spec(args.profile, args.run)
+    spec = _spec(args.profile, args.run, args.set)
     result = p2(spec) if args.ncu else p1(spec, args.repeats)
     print(json.dumps({"profile": args.profile, "run_id": args.run, **result}))
 

@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from nwor import errors
-from nwor.config import SPEC_FIELDS, RunSpec, apply_env_overrides, spec_from_mapping
+from nwor.config import SPEC_FIELDS, RunSpec, apply_env_overrides, hash_params, spec_from_mapping
 from nwor.errors import ConfigError
 
 
@@ -123,11 +123,23 @@ def test_change_table_covers_every_field():
 
 @pytest.mark.parametrize("field", sorted(_CHANGED))
 def test_params_hash_changes_with_any_field(field):
-    base = RunSpec()
+    # ncu settings shape only profiled runs: compare them with ncu on.
+    base = RunSpec(ncu=True) if field.startswith("ncu_") else RunSpec()
     changed = {field: _CHANGED[field]}
     other = dataclasses.replace(base, **changed)
     assert getattr(other, field) != getattr(base, field)
     assert other.params_hash() != base.params_hash()
+
+
+@pytest.mark.parametrize("field", sorted(f for f in _CHANGED if f.startswith("ncu_")))
+def test_params_hash_ignores_ncu_settings_of_a_run_without_ncu(field):
+    base = RunSpec()
+    assert dataclasses.replace(base, **{field: _CHANGED[field]}).params_hash() == base.params_hash()
+
+
+def test_params_hash_of_a_stored_spec_matches_the_live_one():
+    spec = RunSpec(num_requests=3, ncu=True)
+    assert hash_params(spec.to_dict()) == spec.params_hash()
 
 
 def test_env_overrides_apply():

@@ -56,11 +56,11 @@ def close_figures():
     plt.close("all")
 
 
-@pytest.mark.parametrize("profile, build", [("smoke", "cpu build"), ("full", "cuda build")])
+@pytest.mark.parametrize("profile, build", [("smoke", "stock, cpu"), ("full", "stock, cuda")])
 def test_every_figure_names_its_build_and_feature_impl(profile, build):
     for name, fig in figures(profile).items():
         note = fig.texts[-1].get_text()
-        assert f"vLLM 0.24.0 ({build}, nwor-fork)" in note, name
+        assert f"vLLM 0.24.0 ({build})" in note, name
         assert "nwor-plugin" in note and "feature_impl" in note, name
 
 
