@@ -162,13 +162,16 @@ def load_profile(outputs_root: str | Path, profile: str,
         FileNotFoundError: the profile folder does not exist or holds no result JSON.
     """
     folder = Path(outputs_root) / profile
-    paths = sorted(folder.glob("*/*.json"))
+    # The ncu pass's own result (`<run_id>.ncu-pass.json`) sits beside the run's; it is not a run.
+    paths = sorted(p for p in folder.glob("*/*.json") if not p.name.endswith(".ncu-pass.json"))
     if not paths:
         raise FileNotFoundError(f"no result JSONs under {folder}/<grid>/")
     runs, batches, requests = [], [], []
     for path in paths:
         doc = read_run(path)
-        runs.append(_run_row(doc, path))
+        row = _run_row(doc, path)
+        row["path"] = str(path.relative_to(folder.parent))  # no machine paths in shared reports
+        runs.append(row)
         for result in doc.get("results") or []:
             batches.append({"run_id": doc["run_id"], "grid": doc.get("grid"),
                             **{k: v for k, v in result.items() if k not in ("outputs", "sampling_params")}})
@@ -179,7 +182,7 @@ def load_profile(outputs_root: str | Path, profile: str,
             if (grid, run_id) not in found:
                 fields = parse_run_id(run_id)
                 row = {"run_id": run_id, "grid": grid, "profile": profile, "status": "missing",
-                       "reason": f"missing: no {folder / grid / run_id}.json", "workload_name": None,
+                       "reason": f"missing: no {profile}/{grid}/{run_id}.json", "workload_name": None,
                        **{k: fields.get(k) for k in ("workload_number", "num_prompts", "max_tokens",
                                                      "temperature", "adaptive", "confidence_threshold")}}
                 runs.append({**row, "label": _label(row)})

@@ -30,10 +30,10 @@ def run_paths(spec: RunSpec, result_path: str = "", log_path: str = "", root=Non
     """The result JSON and vLLM log paths of a run; empty arguments get the defaults under run_dir()."""
     result = Path(result_path) if result_path else run_dir(spec.profile, spec.grid, root) / f"{spec.run_id}.json"
     log = Path(log_path) if log_path else result.with_name(f"{spec.run_id}.vllm.log")
-    return _relative(result), _relative(log)
+    return relative_path(result), relative_path(log)
 
 
-def _relative(path: Path) -> str:
+def relative_path(path: Path) -> str:
     """Relative to the working directory where possible: executed notebooks then name no machine paths."""
     path = path.resolve()
     try:
@@ -80,7 +80,9 @@ def run_notebook(spec: RunSpec, *, root=None, notebook: Path = RUN_NOTEBOOK) -> 
     check_parameters(notebook, (*SPEC_FIELDS, *PATH_PARAMETERS))
     parameters = {**spec.to_dict(), "result_path": result_path, "log_path": log_path}
     try:
-        papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name="python3",
+        # Relative paths: papermill records them in the executed notebook, which gets shared.
+        papermill.execute_notebook(relative_path(notebook), relative_path(executed), parameters=parameters,
+                                   kernel_name="python3",
                                    progress_bar=False, log_output=False, cwd=str(Path.cwd()))
     except papermill.PapermillExecutionError as err:
         message = f"{err.ename}: {err.evalue}".strip()

@@ -145,3 +145,15 @@ def expand_all(grids: list[str], profile_name: str, **kwargs) -> list[RunSpec]:
     profile = load_profile(profile_name, kwargs.get("parameters_dir", PARAMETERS_DIR))
     names = list(GRIDS) if not grids or grids == ["all"] else grids
     return [spec for name in names for spec in expand(name, profile, **kwargs)]
+
+
+def planned_run_ids(profile_name: str, parameters_dir: Path = PARAMETERS_DIR) -> dict[str, list[str]] | None:
+    """grid -> run ids a profile plans (for reports that must show runs with no result); None if unknown."""
+    try:
+        specs = expand_all(["all"], profile_name, parameters_dir=parameters_dir)
+    except ConfigError:
+        return None
+    planned: dict[str, list[str]] = {}
+    for spec in specs:
+        planned.setdefault(spec.grid, []).append(spec.run_id)
+    return planned

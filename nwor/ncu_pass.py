@@ -20,8 +20,10 @@ CACHE_CONTROL = "all"
 
 def side_paths(result_path: str | Path) -> dict:
     """Files of the ncu pass, next to the run's JSON: report, ncu log, the pass's own result and vLLM log."""
-    base = Path(result_path).with_suffix("")
-    return {"report": base.with_suffix(".ncu-rep"), "log": base.parent / f"{base.name}.ncu.log",
+    result_path = Path(result_path)
+    stem = result_path.name.removesuffix(".json")  # not with_suffix: run ids hold dots (temp0.0)
+    base = result_path.parent / stem
+    return {"report": base.parent / f"{stem}.ncu-rep", "log": base.parent / f"{base.name}.ncu.log",
             "pass_result": base.parent / f"{base.name}.ncu-pass.json",
             "vllm_log": base.parent / f"{base.name}.ncu-pass.vllm.log"}
 

@@ -35,9 +35,10 @@ def footnote(frame: pd.DataFrame) -> str:
     """Name the vLLM build(s), feature implementation(s) and not-measured rows (with reasons) of `frame`."""
     if "position" in frame and "run_id" in frame:  # one row per draft position: count runs, not positions
         frame = frame.drop_duplicates("run_id")
-    builds = ", ".join(sorted({str(v) for v in frame.get("vllm", pd.Series(dtype=object)).dropna()})) \
+    known = lambda values: values.dropna()[~values.dropna().astype(str).str.contains("nan")]  # noqa: E731
+    builds = ", ".join(sorted({str(v) for v in known(frame.get("vllm", pd.Series(dtype=object)))})) \
         or "vLLM build unknown"
-    impls = frame.get("feature_impl", pd.Series(dtype=object)).dropna().value_counts()
+    impls = known(frame.get("feature_impl", pd.Series(dtype=object))).value_counts()
     impl = ", ".join(f"{name} ({count})" for name, count in impls.items()) or "unknown"
     status = frame["pair_status"] if "pair_status" in frame else frame.get("status", pd.Series(dtype=object))
     bad = frame[status.notna() & (status != "ok")] if len(status) else frame.iloc[0:0]
@@ -53,8 +54,12 @@ def footnote(frame: pd.DataFrame) -> str:
 def _finish(fig: plt.Figure, frame: pd.DataFrame, title: str) -> plt.Figure:
     fig.suptitle(title, fontsize=12)
     note = footnote(frame)
+    # Grow the figure by the footnote's height instead of squeezing the axes: long lists of
+    # not-measured runs would otherwise leave tight_layout no room (it warns and gives up).
     lines = note.count("\n") + 1
-    fig.tight_layout(rect=(0, 0.025 * lines + 0.02, 1, 0.97))
+    extra_in, height_in = 0.13 * lines + 0.15, fig.get_figheight()
+    fig.set_figheight(height_in + extra_in)
+    fig.tight_layout(rect=(0, extra_in / (height_in + extra_in), 1, 0.97))
     fig.text(0.01, 0.01, note, fontsize=7, va="bottom", ha="left", color="0.3")
     return fig
 
@@ -99,7 +104,7 @@ def plot_latency_by_workload(adaptive: pd.DataFrame, numbers: pd.DataFrame | Non
     left.set(yticks=y, yticklabels=adaptive.label, xscale="log", xlabel="mean batch latency (s, log scale)")
     left.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     left.xaxis.set_minor_formatter(ticker.NullFormatter())
-    left.invert_yaxis()
+    left.set_ylim(len(adaptive) - 0.5, -0.5)  # every workload keeps its row, measured or not (inverted)
     left.legend(loc="lower right")
     measured = adaptive.latency_reduction_pct.notna()
     right.errorbar(adaptive.latency_reduction_pct[measured], y[measured.to_numpy()],

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nwor.errors import ConfigError, RunFailed
-from nwor.execute import REPORT_NOTEBOOK, check_parameters, outputs_root
+from nwor.execute import REPORT_NOTEBOOK, check_parameters, outputs_root, relative_path
 
 
 def render_report(profile: str, root: str | Path | None = None) -> Path:
@@ -26,8 +26,9 @@ def render_report(profile: str, root: str | Path | None = None) -> Path:
     executed = folder / "report.ipynb"
     check_parameters(REPORT_NOTEBOOK, ("profile", "outputs_root"))
     try:
-        papermill.execute_notebook(str(REPORT_NOTEBOOK), str(executed), kernel_name="python3", progress_bar=False,
-                                   parameters={"profile": profile, "outputs_root": str(base)})
+        papermill.execute_notebook(relative_path(REPORT_NOTEBOOK), relative_path(executed), kernel_name="python3",
+                                   progress_bar=False,
+                                   parameters={"profile": profile, "outputs_root": relative_path(base)})
     except papermill.PapermillExecutionError as err:
         raise RunFailed(f"report for {profile} failed: {err.ename}: {err.evalue} (see {executed})",
                         notebook=str(executed)) from None

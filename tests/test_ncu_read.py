@@ -200,3 +200,11 @@ def test_summarize_text():
     assert "115,360,256 byte" in text and "98,816 byte" in text and "4,465,632 ns" in text
     report = ncu_read.summarize(FIXTURES / "h100_probe_app_range.ncu-rep")
     assert "results: 1 " in report and "1,736,831,232 byte" in report
+
+
+def test_side_paths_keep_dotted_run_ids():
+    from nwor.ncu_pass import side_paths
+
+    paths = side_paths("outputs/p/early_exit_grid/run3_r36_t128_temp0.0_thresh0.5.json")
+    assert paths["report"].name == "run3_r36_t128_temp0.0_thresh0.5.ncu-rep"
+    assert paths["pass_result"].name == "run3_r36_t128_temp0.0_thresh0.5.ncu-pass.json"
