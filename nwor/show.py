@@ -32,6 +32,12 @@ def batches_table(doc: dict) -> pd.DataFrame:
 
 
 def instrumentation_table(doc: dict) -> pd.DataFrame:
-    rows = {"early exit": doc["early_exit"], "draft lengths": doc["draft_lengths"], "ncu": {
-        k: doc["ncu"].get(k) for k in ("status", "reason", "num_ranges", "num_kernels", "totals")}}
+    early, lengths, ncu = doc["early_exit"], doc["draft_lengths"], doc["ncu"]
+    rows = {"early exit": early.get("status"), "early exit: tokens stopped / checks":
+            f"{early.get('tokens_stopped')} / {early.get('checks')} ({early.get('stop_pct')} %)",
+            "early exit: note": early.get("reason"),
+            "draft lengths chosen (length: steps)": lengths.get("histogram") or lengths.get("reason"),
+            "ncu": ncu.get("status"), "ncu: note": ncu.get("reason"),
+            "ncu: ranges / kernels": f"{ncu.get('num_ranges')} / {ncu.get('num_kernels')}",
+            **{f"ncu: {k}": v for k, v in (ncu.get("totals") or {}).items()}}
     return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
