@@ -140,13 +140,13 @@ def _measure(spec: RunSpec, log_path, profile_region: bool, on_batch) -> dict:
             llm.stop_profile()
         counters = m.diff(before, m.snapshot(llm))
         early_exit, draft_lengths = _feature_stats(llm, plan, log_path, before)
-        gpu_memory = provenance.gpu_info()
+        gpu_memory_used = provenance.gpu_memory_used_bytes()
     finally:
         release_engine(llm)
-    metrics = _summarise(spec, batches, requests, counters)
+    metrics = {**_summarise(spec, batches, requests, counters), "gpu_memory_used_bytes": gpu_memory_used}
     return envelope(
         spec, "ok", started_utc=started, finished_utc=provenance.utc_now(), engine_start_s=engine_start_s,
-        models={k: provenance.display_path(v) for k, v in models.items()}, env=provenance.collect(), gpu_after_run=gpu_memory,
+        models={k: provenance.display_path(v) for k, v in models.items()}, env=provenance.collect(),
         features={"capability": cap.to_dict(), "requested": {"adaptive_draft_length": spec.adaptive_draft_length,
                   "confidence_threshold": spec.confidence_threshold}, **plan.to_dict(), "effective": effective},
         results=batches, requests=requests, metrics=metrics, counters=counters, early_exit=early_exit,

@@ -71,9 +71,27 @@ def gpu_info() -> dict:
     return {"gpus": gpus, "driver": driver}
 
 
+def gpu_memory_used_bytes() -> int | None:
+    """Device memory in use on all GPUs now (nvidia-smi), None without GPUs.
+
+    Read while the engine is up: vLLM reserves its KV cache up front, so this is the run's peak
+    footprint (plus other processes' use, which a dedicated machine does not have).
+    """
+    if not shutil.which("nvidia-smi"):
+        return None
+    out = _run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+    values = [line.strip() for line in (out or "").splitlines() if line.strip()]
+    return sum(int(v) for v in values) * 2**20 if values and all(v.isdigit() for v in values) else None
+
+
+# Never recorded, whatever the prefix: results are shared (HF_TOKEN, API keys, ...).
+SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL")
+
+
 def recorded_env(environ=os.environ) -> dict:
     return {k: v for k, v in sorted(environ.items())
-            if k.startswith(RECORDED_ENV_PREFIXES) or k in RECORDED_ENV_NAMES}
+            if (k.startswith(RECORDED_ENV_PREFIXES) or k in RECORDED_ENV_NAMES)
+            and not any(marker in k.upper() for marker in SECRET_MARKERS)}
 
 
 def collect() -> dict:

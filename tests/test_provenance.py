@@ -1,0 +1,42 @@
+"""nwor/provenance.py: what a result records about where it came from."""
+from __future__ import annotations
+
+import os
+import stat
+
+from nwor import provenance
+
+
+def _fake_smi(tmp_path, monkeypatch, output: str):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\nprintf '{output}'\n")
+    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_gpu_memory_used_sums_gpus_in_bytes(tmp_path, monkeypatch):
+    _fake_smi(tmp_path, monkeypatch, "1024\\n2048\\n")
+    assert provenance.gpu_memory_used_bytes() == 3072 * 2**20
+
+
+def test_gpu_memory_used_is_null_without_a_reading(tmp_path, monkeypatch):
+    _fake_smi(tmp_path, monkeypatch, "[N/A]\\n")
+    assert provenance.gpu_memory_used_bytes() is None
+
+
+def test_gpu_info_parses_name_memory_driver(tmp_path, monkeypatch):
+    _fake_smi(tmp_path, monkeypatch, "NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04\\n")
+    assert provenance.gpu_info() == {"gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory": "81559 MiB"}],
+                                     "driver": "580.159.04"}
+
+
+def test_display_path_hides_home_and_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert provenance.display_path(tmp_path / "a" / "b.json") == "a/b.json"
+    assert provenance.display_path(os.path.expanduser("~/x/y")).startswith("~/")
+
+
+def test_recorded_env_keeps_engine_variables_only():
+    env = provenance.recorded_env({"VLLM_X": "1", "NWOR_Y": "2", "TARGET_MODEL": "m", "SECRET_TOKEN": "s",
+                                   "HF_TOKEN": "hf_x", "VLLM_API_KEY": "k"})
+    assert env == {"NWOR_Y": "2", "TARGET_MODEL": "m", "VLLM_X": "1"}
