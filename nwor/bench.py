@@ -72,7 +72,7 @@ def _summarise(spec: RunSpec, batches: list, requests: list, counters: dict) -> 
     return out
 
 
-def _feature_stats(llm, plan, log_path, before: dict | None) -> tuple[dict, dict]:
+def _feature_stats(llm, plan, log_path) -> tuple[dict, dict]:
     """Early-exit counters and the chosen draft-length histogram over the measured batches."""
     unavailable = {"status": "unavailable", "tokens_stopped": None, "checks": None, "stop_pct": None}
     if plan.uses_plugin:
@@ -139,7 +139,7 @@ def _measure(spec: RunSpec, log_path, profile_region: bool, on_batch) -> dict:
         if profile_region:
             llm.stop_profile()
         counters = m.diff(before, m.snapshot(llm))
-        early_exit, draft_lengths = _feature_stats(llm, plan, log_path, before)
+        early_exit, draft_lengths = _feature_stats(llm, plan, log_path)
         gpu_memory_used = provenance.gpu_memory_used_bytes()
     finally:
         release_engine(llm)
