@@ -46,7 +46,7 @@ CONFIGS = {
     "threshold_0.99": (PluginConfig(confidence_threshold=0.99), (0.0,)),
     "adaptive": (PluginConfig(adaptive_draft_length=True), (0.0, 0.7)),
 }
-# The lent H100's vLLM 0.24.0 install (/work/shared/gpu/README.md): no flashinfer, no network.
+# The lent H100's vLLM 0.24.0 install (../shared/gpu/README.md beside the checkout): no flashinfer, no network.
 ENGINE_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "HF_HUB_OFFLINE": "1"}
 ENGINE_KWARGS = {
     "attention_config": {"backend": "FLASH_ATTN"},
