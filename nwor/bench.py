@@ -19,7 +19,7 @@ from nwor.engine import (effective_speculation, native_early_exit_from_log, quie
                          route_vllm_logs, start_engine)
 from nwor.errors import NworError
 from nwor.features import ADAPTIVE, EARLY_EXIT, detect_capability, plan_features
-from nwor.prompts import batch_prompts, load_prompts
+from nwor.prompts import batch_prompts, prompts_for
 from nwor.results import envelope, seed_summary
 
 
@@ -33,6 +33,13 @@ def _sampling_params(spec: RunSpec):
 
     return SamplingParams(temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens,
                           ignore_eos=spec.ignore_eos)
+
+
+def warm_up(llm, spec: RunSpec, prompts: list[str]) -> None:
+    """The spec's untimed batches, on the prompts that precede the measured ones."""
+    params = _sampling_params(spec)
+    for w in range(spec.warmup_batches):
+        llm.generate(batch_prompts(prompts, w, spec.num_requests), params, use_tqdm=False)
 
 
 def _run_batches(llm, spec: RunSpec, prompts: list[str], *, on_batch=None) -> tuple[list, list]:
@@ -118,16 +125,13 @@ def _measure(spec: RunSpec, log_path, profile_region: bool, on_batch) -> dict:
     cap = detect_capability()
     plan = plan_features(spec, cap)
     models = resolve_models(spec)
-    prompts = load_prompts(spec.prompt_set, min_chars=spec.prompt_min_chars, max_chars=spec.prompt_max_chars,
-                           shuffle_seed=spec.prompt_shuffle_seed)
+    prompts = prompts_for(spec)
     t0 = time.perf_counter()
     llm = start_engine(spec, models, plan, profile_region=profile_region)
     engine_start_s = time.perf_counter() - t0
     try:
         effective = effective_speculation(llm, plan)
-        params = _sampling_params(spec)
-        for w in range(spec.warmup_batches):
-            llm.generate(batch_prompts(prompts, w, spec.num_requests), params, use_tqdm=False)
+        warm_up(llm, spec, prompts)
         if plan.uses_plugin:
             from nwor import plugin
 

@@ -124,7 +124,7 @@ def run(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt,
         outputs: Optional[str] = OutputsOpt):
     """Execute each pending run in a fresh kernel (papermill); resumable, one runner per outputs folder."""
     from nwor.grid import load_profile
-    from nwor.suite import estimate_s, run_state, run_suite
+    from nwor.suite import estimate_s, run_state
 
     try:
         specs = _specs(grids, profile, only, target_model, draft_model, tensor_parallel_size, feature_impl)

@@ -102,3 +102,13 @@ def batch_prompts(prompts: list[str], batch_index: int, num_requests: int) -> li
     """The prompts of one batch: consecutive slices of the shuffled set, wrapping around."""
     start = batch_index * num_requests
     return [prompts[(start + j) % len(prompts)] for j in range(num_requests)]
+
+
+def prompts_for(spec) -> list[str]:
+    """The prompt set a RunSpec names, filtered and shuffled as the spec says.
+
+    Raises:
+        ConfigError: as load_prompts.
+    """
+    return load_prompts(spec.prompt_set, min_chars=spec.prompt_min_chars, max_chars=spec.prompt_max_chars,
+                        shuffle_seed=spec.prompt_shuffle_seed)

@@ -40,15 +40,13 @@ def p1(spec, repeats: int) -> dict:
     from nwor.config import resolve_models
     from nwor.engine import release_engine, start_engine
     from nwor.features import detect_capability, plan_features
-    from nwor.prompts import batch_prompts, load_prompts
+    from nwor.prompts import batch_prompts, prompts_for
 
     plan = plan_features(spec, detect_capability())
-    prompts = load_prompts(spec.prompt_set, min_chars=spec.prompt_min_chars, max_chars=spec.prompt_max_chars,
-                           shuffle_seed=spec.prompt_shuffle_seed)
+    prompts = prompts_for(spec)
     llm = start_engine(spec, resolve_models(spec), plan)
     params = bench._sampling_params(spec)
-    for w in range(spec.warmup_batches):
-        llm.generate(batch_prompts(prompts, w, spec.num_requests), params, use_tqdm=False)
+    bench.warm_up(llm, spec, prompts)
     nwor_s, bare_s = [], []
     for _ in range(repeats):
         batches, _ = bench._run_batches(llm, spec, prompts)
