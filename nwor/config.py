@@ -140,7 +140,8 @@ def _validate(spec: RunSpec) -> None:
            "gpu_memory_utilization", "must be in (0, 1]", spec.gpu_memory_utilization)
     _check(_is_number(spec.ncu_timeout_s) and spec.ncu_timeout_s > 0, "ncu_timeout_s", "must be > 0",
            spec.ncu_timeout_s)
-    _check(spec.tiny_models in ("cpu", "gpu"), "tiny_models", "must be cpu or gpu", spec.tiny_models)
+    _check(spec.tiny_models in ("cpu", "gpu", "llama8b-shaped"), "tiny_models", "must be cpu, gpu or llama8b-shaped",
+           spec.tiny_models)
     _check(spec.method in METHODS, "method", f"must be one of {', '.join(METHODS)}", spec.method)
     _check(spec.feature_impl in FEATURE_IMPLS, "feature_impl", f"must be one of {', '.join(FEATURE_IMPLS)}",
            spec.feature_impl)
