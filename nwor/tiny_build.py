@@ -76,6 +76,21 @@ def _pad_vocab(tok, size: int):
     return Tokenizer.from_str(json.dumps(data))
 
 
+def target_config(recipe, vocab: int, num_hidden_layers: int | None = None):
+    """The target's LlamaConfig (`num_hidden_layers` defaults to the recipe's)."""
+    from transformers import LlamaConfig
+
+    rope = {"rope_parameters": dict(LLAMA31_ROPE)} if recipe.rope == "llama3.1" else {}
+    return LlamaConfig(
+        vocab_size=vocab, hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=num_hidden_layers or recipe.num_hidden_layers,
+        num_attention_heads=recipe.num_attention_heads, num_key_value_heads=recipe.num_key_value_heads,
+        max_position_embeddings=recipe.max_position_embeddings,
+        bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False,
+        rms_norm_eps=1e-6, torch_dtype=recipe.torch_dtype, **rope,
+    )
+
+
 def build(recipe, root: Path, device: str) -> None:
     """Write `root/target` and `root/eagle` for `recipe`, computing on `device` ("cpu" or "cuda").
 
@@ -86,20 +101,12 @@ def build(recipe, root: Path, device: str) -> None:
     1-layer model.)
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     target_dir, eagle_dir = root / "target", root / "eagle"
     vocab = train_tokenizer(recipe, target_dir)
     train_tokenizer(recipe, eagle_dir)
-    h = recipe.hidden_size
-    rope = {"rope_parameters": dict(LLAMA31_ROPE)} if recipe.rope == "llama3.1" else {}
-    cfg = LlamaConfig(
-        vocab_size=vocab, hidden_size=h, intermediate_size=recipe.intermediate_size,
-        num_hidden_layers=1, num_attention_heads=recipe.num_attention_heads,
-        num_key_value_heads=recipe.num_key_value_heads, max_position_embeddings=recipe.max_position_embeddings,
-        bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False,
-        rms_norm_eps=1e-6, torch_dtype=recipe.torch_dtype, **rope,
-    )
+    cfg = target_config(recipe, vocab, num_hidden_layers=1)
     torch.manual_seed(recipe.seed)
     with torch.device(device):
         model = LlamaForCausalLM(cfg).float()
