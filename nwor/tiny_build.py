@@ -126,7 +126,8 @@ def build(recipe, root: Path, device: str) -> None:
         inert = [inert_layer(cfg, recipe, i, dtype, device) for i in range(recipe.num_hidden_layers - 1)]
         model.model.layers = torch.nn.ModuleList([*inert, active])
         model.config.num_hidden_layers = recipe.num_hidden_layers
-    model.save_pretrained(target_dir, max_shard_size=MAX_SHARD_SIZE)
+    # Written from host memory (16 GB for the 8B shape): savers differ in whether they move CUDA tensors.
+    model.to("cpu").save_pretrained(target_dir, max_shard_size=MAX_SHARD_SIZE)
     model.model.layers = torch.nn.ModuleList([active])  # the inert layers' memory can go now
     _write_eagle(recipe, model.config, active, eagle_dir, dtype)
 
