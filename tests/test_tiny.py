@@ -115,3 +115,28 @@ def test_llama8b_shaped_recipe_has_llama31_8b_shapes():
             cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size) == (32, 4096, 14336, 32, 8, 128, 128256)
     assert cfg.rope_parameters["rope_type"] == "llama3" and cfg.rope_parameters["rope_theta"] == 500000.0
     assert recipe.torch_dtype == "bfloat16" and recipe.build_device == "auto"
+
+
+def _step_check_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "gpu_step_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_step_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_check_reads_weight_bytes_from_headers(built):
+    sizes = _step_check_module().safetensors_bytes(Path(built["dead"].target))
+    weights = _weights(built["dead"].target)
+    assert sizes == {name: t.numel() * t.element_size() for name, t in weights.items()}
+
+
+@pytest.mark.parametrize("args", [["--runs", "off,kx"], ["--runs", ""], ["--target", "somewhere"],
+                                  ["--tokens", "0"], ["--gpu-memory-utilization", "1.5"]])
+def test_step_check_refuses_bad_arguments_before_any_work(tmp_path, args):
+    with pytest.raises(SystemExit) as exit_info:
+        _step_check_module().main(["--out", str(tmp_path / "s.json"), *args])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "s.json").exists()
