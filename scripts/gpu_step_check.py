@@ -104,6 +104,7 @@ def summarise_run(doc: dict) -> dict:
     return {
         "status": "ok",
         "engine_start_s": doc.get("engine_start_s"),
+        "dtype": ((doc.get("features") or {}).get("effective") or {}).get("dtype"),  # what the engine ran in
         "batches": len(batches), "output_tokens": tokens,
         "tpot_ms": None if tpot is None else tpot * 1e3,  # decode time per output token (TTFT excluded)
         "latency_per_token_ms": latency / tokens * 1e3 if tokens else None,  # prefill included

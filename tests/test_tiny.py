@@ -140,3 +140,16 @@ def test_step_check_refuses_bad_arguments_before_any_work(tmp_path, args):
         _step_check_module().main(["--out", str(tmp_path / "s.json"), *args])
     assert exit_info.value.code == 2
     assert not (tmp_path / "s.json").exists()
+
+
+def test_large_targets_are_written_as_shards_with_an_index(tmp_path, monkeypatch):
+    import nwor.tiny_build as tiny_build
+
+    monkeypatch.setenv("NWOR_MODEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(tiny_build, "MAX_SHARD_SIZE", "300KB")  # the 8B shape's 5 GB shards, scaled down
+    sharded = ensure_tiny_models(DEAD)
+    files = sorted(p.name for p in Path(sharded.target).glob("*.safetensors"))
+    assert len(files) > 1
+    index = json.loads((Path(sharded.target) / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == files
+    assert set(index["weight_map"]) == set(_weights(sharded.target))

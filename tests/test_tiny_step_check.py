@@ -49,6 +49,9 @@ def checks(tmp_path_factory):
         doc = json.loads(path.read_text())
         assert proc.returncode == 0 and doc["status"] == "ok", json.dumps(doc["runs"], indent=1)[-3000:]
         out[name] = doc
+        print(name, json.dumps({n: {k: r.get(k) for k in ("tpot_ms", "dtype", "draft_acceptance_rate",
+                                                         "acceptance_rate_per_pos", "matches_off_outputs")}
+                                for n, r in doc["runs"].items()}))
     return out
 
 
