@@ -127,10 +127,26 @@ def test_stats_line_has_the_forks_format():
             format_stats_line(*bad)
 
 
+def test_stats_line_for_a_result_from_whichever_source():
+    from nwor.plugin import line_for_result
+
+    def result(threshold, early):
+        return {"run_id": "run2_x", "spec": {"confidence_threshold": threshold}, "early_exit": early}
+
+    plugin_run = result(0.3, {"status": "ok", "source": "nwor-plugin", "tokens_stopped": 2267, "checks": 62946})
+    assert line_for_result(plugin_run) == ("Confidence early exit stats: 2267 tokens stopped out of 62946 checks "
+                                           "(3.60%) [run=run2_x, source=nwor-plugin]")
+    fork_run = result(0.5, {"status": "ok", "source": "native-log", "tokens_stopped": 5, "checks": 10})
+    assert line_for_result(fork_run).endswith("(50.00%) [run=run2_x, source=native-log]")
+    assert line_for_result(result(0.0, {"status": "ok", "tokens_stopped": 0, "checks": 0})) is None
+    assert line_for_result(result(0.5, {"status": "unavailable", "tokens_stopped": None})) is None
+
+
 def test_ewma_alpha_is_the_forks_unless_set():
     assert PluginConfig().ewma_alpha == 0.1 and PluginConfig().nwor_extensions == []
     config = PluginConfig(adaptive_draft_length=True, ewma_alpha=0.5)
     assert config.nwor_extensions == ["ewma_alpha"] and PluginConfig.from_json(config.to_json()) == config
+    assert "ewma_alpha" not in PluginConfig().to_json()  # the fork's value is implied: fork-run JSON unchanged
     state = ElasticState(config, num_speculative_tokens=4)
     state.observe_acceptance(accepted=4, drafted=4)
     assert state.ewma == pytest.approx(0.75) and state.snapshot(0)["nwor_extensions"] == ["ewma_alpha"]

