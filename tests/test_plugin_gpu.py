@@ -169,3 +169,23 @@ def test_latency_reported_for_every_config(validation):
     for name, config in validation["configs"].items():
         assert len(config["generate_latency_s"]) == 5 and config["median_generate_latency_s"] > 0, name
     assert validation["ok"], validation["failed_checks"]
+
+
+# ---- scripts/profile_gate.py's pure parts ----------------------------------------------------------------
+
+def _load_gate_script():
+    spec = importlib.util.spec_from_file_location("profile_gate", SCRIPT.parent / "profile_gate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gate_script_alternates_arms_and_takes_median_ratio():
+    gate = _load_gate_script()
+    order = gate.abba_order(2)
+    assert order == ["off", "gate", "gate", "off", "gate", "off", "off", "gate"]
+    assert order.count("off") == order.count("gate") == 4
+    timing = gate.summarize_timing([("off", 1.0), ("gate", 1.2), ("gate", 1.1), ("off", 0.9), ("off", 5.0)])
+    assert timing["median_latency_s"] == {"off": 1.0, "gate": pytest.approx(1.15)}
+    assert timing["gate_over_off"] == pytest.approx(1.15)
+    assert gate.arms(1e-4)["gate"].confidence_threshold == 1e-4 and not gate.arms(1e-4)["off"].features_on
