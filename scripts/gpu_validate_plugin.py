@@ -5,7 +5,9 @@
 
 Configs: stock (no plugin env), plugin loaded with features off, confidence threshold 0.99, adaptive draft
 length (at T=0 and T=0.7). Each runs 8 prompts x 32 tokens (`ignore_eos`) and times `generate` (median of 5
-after one warm-up). Prints one JSON summary and exits 1 when any check fails. Logs and each engine's full
+after one warm-up). Every plugin engine runs its checked batches with `nwor.plugin.set_sync_check` on (a host
+read or, on CUDA, any synchronising call in nwor's hook code fails the step: check `sync_check_clean`).
+Prints one JSON summary and exits 1 when any check fails. Logs and each engine's full
 result (token ids included) go to OUT.json's folder, in `<OUT stem>.d/`.
 """
 from __future__ import annotations
