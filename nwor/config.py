@@ -8,17 +8,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from nwor.errors import ConfigError
+from nwor.ncu_metrics import NCU_METRICS
 
 METHODS = ("eagle", "ngram", "none")
 FEATURE_IMPLS = ("auto", "native", "plugin")
 NCU_MODES = ("after", "instead")
 NCU_REPLAY_MODES = ("app-range", "kernel")
-DEFAULT_NCU_METRICS = (
-    "dram__bytes_write.sum",
-    "dram__bytes_read.sum",
-    "dram__throughput.avg.pct_of_peak_sustained_elapsed",
-    "l1tex__t_bytes.sum",
-)
+DEFAULT_NCU_METRICS = NCU_METRICS  # the project's one list (nwor/ncu_metrics.py)
 # Model names that resolve to the locally built tiny pair (nwor.tiny).
 TINY_TARGET, TINY_DRAFT = "tiny", "tiny-eagle"
 # Environment overrides the user relies on (the original scripts' variables); read here only.

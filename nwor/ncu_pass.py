@@ -1,7 +1,9 @@
 """A run's Nsight Compute pass: the same workload as a separate `python -m nwor.bench` process under ncu."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -9,6 +11,8 @@ from pathlib import Path
 from nwor import profile
 from nwor.config import RunSpec
 from nwor.errors import NcuNotAvailable, ProfilerError
+from nwor.ncu_metrics import DRAM_PCT, DRAM_WRITE, GPU_TIME, KV_WRITE_METRICS, LTS_WRITE_SECTORS, SECTOR_BYTES, with_required
+from nwor.plugin import nvtx
 from nwor.results import read_result, seed_summary
 
 # Clock control "none": the GPU runs at the clocks a deployment sees; locking to base clocks would
@@ -16,16 +20,26 @@ from nwor.results import read_result, seed_summary
 CLOCK_CONTROL = "none"
 # Range replay measures the whole region in one pass, so there is no per-kernel cache flush to undo.
 CACHE_CONTROL = "all"
+# The KV-cache write sub-pass: kernel replay of vLLM's KV writers only (reshape_and_cache,
+# reshape_and_cache_flash, ...), over the first measured batch(es), each kernel tagged with the NVTX range
+# nwor puts around the drafter's propose (nwor/plugin/nvtx.py).
+KV_KERNEL_FILTER = "regex:reshape_and_cache"
+KV_BATCHES = 1
 
 
-def side_paths(result_path: str | Path) -> dict:
-    """Files of the ncu pass, next to the run's JSON: report, ncu log, the pass's own result and vLLM log."""
+def side_paths(result_path: str | Path, tag: str = "ncu") -> dict:
+    """Files of an ncu pass next to the run's JSON: report, ncu log, the pass's own result and vLLM log.
+
+    `tag` "ncu" is the window pass (`RUN.ncu-rep`, `RUN.ncu.log`, `RUN.ncu-pass.json`, ...); "ncu-kv" the
+    KV-write sub-pass (`RUN.ncu-kv.ncu-rep`, `RUN.ncu-kv.log`, `RUN.ncu-kv-pass.json`, ...).
+    """
     result_path = Path(result_path)
     stem = result_path.name.removesuffix(".json")  # not with_suffix: run ids hold dots (temp0.0)
-    base = result_path.parent / stem
-    return {"report": base.parent / f"{stem}.ncu-rep", "log": base.parent / f"{base.name}.ncu.log",
-            "pass_result": base.parent / f"{base.name}.ncu-pass.json",
-            "vllm_log": base.parent / f"{base.name}.ncu-pass.vllm.log"}
+    folder = result_path.parent
+    report = f"{stem}.ncu-rep" if tag == "ncu" else f"{stem}.{tag}.ncu-rep"
+    return {"report": folder / report, "log": folder / f"{stem}.{tag}.log",
+            "pass_result": folder / f"{stem}.{tag}-pass.json",
+            "vllm_log": folder / f"{stem}.{tag}-pass.vllm.log"}
 
 
 def workload_argv(spec: RunSpec, spec_path: Path, paths: dict) -> list[str]:
@@ -36,25 +50,39 @@ def workload_argv(spec: RunSpec, spec_path: Path, paths: dict) -> list[str]:
 def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
     """Profile the run's measured batches under ncu and return the `ncu` block for its result.
 
-    A machine without ncu or a GPU gets a record with status "unavailable"; a failed or timed-out
-    pass gets status "failed" with the log's last lines. Neither stops the run.
+    Two passes: the whole measured window (`spec.ncu_replay_mode`, the project's metric list plus the run's
+    own) and, for EAGLE runs, the KV-cache write sub-pass (`kv_cache_writes`). A machine without ncu or a
+    GPU gets a record with status "unavailable"; a failed or timed-out pass gets status "failed" with the
+    log's last lines. Neither stops the run.
     """
     if not spec.ncu:
         return {"status": "off", "reason": "ncu not requested for this run"}
     try:
         ncu = profile.find_ncu()  # (path, version)
     except NcuNotAvailable as err:
-        return profile.unavailable_record(str(err))
-    paths = side_paths(result_path)
+        return {**profile.unavailable_record(str(err)), "kv_cache_writes": kv_unavailable(str(err))}
+    record = _pass(spec, side_paths(result_path), ncu, metrics=with_required(spec.ncu_metrics),
+                   replay_mode=spec.ncu_replay_mode)
+    if spec.method == "eagle":
+        sub = dataclasses.replace(spec, measured_batches=min(spec.measured_batches, KV_BATCHES))
+        kv = _pass(sub, side_paths(result_path, "ncu-kv"), ncu, metrics=KV_WRITE_METRICS, replay_mode="kernel",
+                   kernel_name=KV_KERNEL_FILTER, nvtx=True, env={**os.environ, nvtx.ENV_VAR: "1"})
+        record["kv_cache_writes"] = kv_summary(kv)
+    else:
+        record["kv_cache_writes"] = kv_unavailable(f"method {spec.method!r} has no drafter KV cache", status="off")
+    return record
+
+
+def _pass(spec: RunSpec, paths: dict, ncu: tuple[str, str], **options) -> dict:
     paths["report"].parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec.to_dict(), fh)
         spec_path = Path(fh.name)
     try:
         record = profile.profile_workload(
-            workload_argv(spec, spec_path, paths), metrics=spec.ncu_metrics, report_path=paths["report"],
-            log_path=paths["log"], timeout_s=spec.ncu_timeout_s, replay_mode=spec.ncu_replay_mode,
-            cache_control=CACHE_CONTROL, clock_control=CLOCK_CONTROL, ncu=ncu)
+            workload_argv(spec, spec_path, paths), report_path=paths["report"], log_path=paths["log"],
+            timeout_s=spec.ncu_timeout_s, cache_control=CACHE_CONTROL, clock_control=CLOCK_CONTROL, ncu=ncu,
+            **options)
     except ProfilerError as err:
         failed = profile.unavailable_record(str(err))
         failed.update(status="failed", log_path=str(paths["log"]), tail=err.context.get("tail"))
@@ -65,11 +93,86 @@ def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
         profiled = read_result(paths["pass_result"])
         record["profiled_pass"] = {"result_path": str(paths["pass_result"]),
                                    "mean_latency_s": profiled["metrics"]["mean_latency_s"],
-                                   "num_draft_tokens": profiled["metrics"]["num_draft_tokens"]}
+                                   "num_draft_tokens": profiled["metrics"]["num_draft_tokens"],
+                                   "measured_batches": spec.measured_batches,
+                                   # The early-exit counters of this pass's own window, to check bytes against.
+                                   "tokens_stopped": (profiled.get("early_exit") or {}).get("tokens_stopped"),
+                                   "checks": (profiled.get("early_exit") or {}).get("checks")}
     return record
+
+
+# Keys of the `kv_cache_writes` block (docs/ncu.md), so every status has the same shape.
+KV_KEYS = ("status", "reason", "kernel_filter", "replay_mode", "window", "num_kernels", "bytes_written",
+           "dram_bytes_written", "drafter", "target", "split_by", "report_path", "log_path", "tail")
+_SIDE_KEYS = ("num_kernels", "bytes_written", "dram_bytes_written", "gpu_time_ns")
+
+
+def kv_unavailable(reason: str, status: str = "unavailable") -> dict:
+    return {**dict.fromkeys(KV_KEYS), "status": status, "reason": reason, "kernel_filter": KV_KERNEL_FILTER}
+
+
+def _side(totals: dict | None) -> dict:
+    """Bytes written (L2 write sectors x 32), DRAM bytes written and GPU time of one group of KV writers."""
+    totals = totals or {}
+    sectors = totals.get(LTS_WRITE_SECTORS)
+    return {"num_kernels": totals.get("num_kernels"),
+            "bytes_written": None if sectors is None else sectors * SECTOR_BYTES,
+            "dram_bytes_written": totals.get(DRAM_WRITE),
+            "gpu_time_ns": totals.get(GPU_TIME)}
+
+
+def kv_summary(record: dict) -> dict:
+    """The `kv_cache_writes` block from the sub-pass's ncu record: all KV writers, the drafter's, the target's.
+
+    Drafter = kernels inside nwor's `nwor_drafter` NVTX range; target = every other KV writer. Without the
+    range in the report (no CUDA NVTX, or an engine that never ran the wrapper) both sides are null and
+    `split_by` says why.
+    """
+    if record.get("status") != "ok":
+        out = kv_unavailable(record.get("reason") or "KV-write pass did not run", status=record.get("status"))
+        out.update(log_path=record.get("log_path"), tail=record.get("tail"))
+        return out
+    everything = _side({**(record.get("totals") or {}), "num_kernels": record.get("num_kernels")})
+    out = {**dict.fromkeys(KV_KEYS), "status": "ok", "kernel_filter": KV_KERNEL_FILTER,
+           "replay_mode": record.get("replay_mode"), "window": record.get("profiled_pass"),
+           "num_kernels": everything["num_kernels"], "bytes_written": everything["bytes_written"],
+           "dram_bytes_written": everything["dram_bytes_written"],
+           "report_path": record.get("report_path"), "log_path": record.get("log_path")}
+    split = record.get("split") or {}
+    groups = split.get("groups") or {} if split.get("by") == "nvtx_range" else {}
+    drafter = [g for name, g in groups.items() if nvtx.RANGE in name.split("/")]
+    if not drafter:
+        out["split_by"] = None
+        out["reason"] = f"no kernel ran inside the {nvtx.RANGE!r} NVTX range; drafter and target not told apart"
+        return out
+    target = [g for name, g in groups.items() if nvtx.RANGE not in name.split("/")]
+    out["split_by"] = f"nvtx:{nvtx.RANGE}"
+    out["drafter"], out["target"] = (_side(_add(g)) if g else _side({"num_kernels": 0}) for g in (drafter, target))
+    return out
+
+
+def _add(groups: list[dict]) -> dict:
+    total: dict = {}
+    for group in groups:
+        for key, value in group.items():
+            if value is not None and key != DRAM_PCT:  # a sum of percentages means nothing
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+def seed_ncu_metrics(record: dict) -> dict | None:
+    """`.summary.per_mode[0].ncu_metrics`: the window totals plus the KV-write bytes (docs/ncu.md)."""
+    totals = record.get("totals") if record.get("status") == "ok" else None
+    kv = record.get("kv_cache_writes") or {}
+    if totals is None and kv.get("status") != "ok":
+        return None
+    ok = kv.get("status") == "ok"
+    return {**(totals or {}),
+            "kv_cache_write_bytes": kv.get("bytes_written") if ok else None,
+            "kv_cache_write_bytes_drafter": (kv.get("drafter") or {}).get("bytes_written") if ok else None,
+            "kv_cache_write_bytes_target": (kv.get("target") or {}).get("bytes_written") if ok else None}
 
 
 def attach(doc: dict, spec: RunSpec, record: dict) -> dict:
     """The run's result with the ncu block and the seed's `ncu_metrics` path filled in."""
-    totals = record.get("totals") if record.get("status") == "ok" else None
-    return {**doc, "ncu": record, "summary": seed_summary(spec, doc["metrics"], totals)}
+    return {**doc, "ncu": record, "summary": seed_summary(spec, doc["metrics"], seed_ncu_metrics(record))}

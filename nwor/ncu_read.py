@@ -13,14 +13,13 @@ from typing import Iterable, TextIO
 import pandas as pd
 
 from nwor.errors import ProfilerError
+from nwor.ncu_metrics import DRAM_READ, DRAM_WRITE, GPU_TIME, NCU_METRICS
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ["Kernel", "Metric", "Unit", "Value", "Process", "ID"]
-# The project's metric set: DRAM traffic and time of the measured region.
-DEFAULT_METRICS = ("dram__bytes_read.sum", "dram__bytes_write.sum",
-                   "dram__throughput.avg.pct_of_peak_sustained_elapsed", "gpu__time_duration.sum")
-TIME_METRIC = "gpu__time_duration.sum"
+DEFAULT_METRICS = NCU_METRICS  # the project's one list
+TIME_METRIC = GPU_TIME
 # ncu adds these families to every result whatever --metrics asks for; they describe the
 # device and the launch, not the measured work, so "all metrics" leaves them out.
 ALWAYS_ADDED_PREFIXES = ("device__attribute_", "launch__", "c2clink__", "nvlink__", "numa__", "profiler__",
@@ -248,7 +247,7 @@ def units(df: pd.DataFrame) -> dict[str, str]:
     return {metric: str(unit) for metric, unit in df.groupby("Metric")["Unit"].first().items()}
 
 
-def top_kernels(df: pd.DataFrame, by: str = "dram__bytes_write.sum", n: int = 10) -> list[dict]:
+def top_kernels(df: pd.DataFrame, by: str = DRAM_WRITE, n: int = 10) -> list[dict]:
     """Kernels grouped by name, largest ``by`` total first.
 
     Returns:
@@ -303,7 +302,7 @@ def summarize(path: str | Path, metrics: Iterable[str] | None = None, n: int = 1
     unit_of = units(df)
     lines = [f"{path}", f"results: {count_results(df)} ({df['Kernel'].nunique()} distinct names)"]
     lines += [f"  {metric:<55} {_format(total, unit_of[metric])}" for metric, total in totals(df).items()]
-    by = next((m for m in ("dram__bytes_write.sum", "dram__bytes_read.sum") if m in unit_of), None)
+    by = next((m for m in (DRAM_WRITE, DRAM_READ) if m in unit_of), None)
     if by is not None:
         lines.append(f"top {n} by {by}:")
         for entry in top_kernels(df, by=by, n=n):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from nwor import ncu_read
+from nwor.ncu_metrics import DRAM_WRITE
 from nwor.errors import ConfigError, NcuNotAvailable, ProfilerError
 
 if TYPE_CHECKING:
@@ -79,7 +80,8 @@ def find_ncu(binary: str = "ncu") -> tuple[str, str]:
 
 def ncu_argv(workload_argv: Sequence[str], *, metrics: Sequence[str], report_path: str | Path,
              log_path: str | Path, replay_mode: str = "app-range", cache_control: str = "all",
-             clock_control: str = "none", nvtx_include: str | None = None, ncu: str = "ncu") -> list[str]:
+             clock_control: str = "none", nvtx_include: str | None = None, ncu: str = "ncu",
+             kernel_name: str | None = None, nvtx: bool = False) -> list[str]:
     """Build the ncu argv for one profiling pass.
 
     Scoping: in app-range replay the workload's cudaProfilerStart/Stop (vLLM's
@@ -98,6 +100,9 @@ def ncu_argv(workload_argv: Sequence[str], *, metrics: Sequence[str], report_pat
         clock_control: ``none`` keeps the clocks the deployment runs at; ``base`` locks base clocks.
         nvtx_include: an ``--nvtx-include`` expression (``measure/``) scoping the profiled region.
         ncu: the ncu executable.
+        kernel_name: a ``--kernel-name`` filter (``regex:reshape_and_cache``): only matching kernels are
+            profiled (kernel replay).
+        nvtx: record each kernel's NVTX ranges (``--nvtx``) without filtering on them.
 
     Returns:
         The argv list, ncu first.
@@ -118,8 +123,11 @@ def ncu_argv(workload_argv: Sequence[str], *, metrics: Sequence[str], report_pat
     argv = [str(ncu), "--target-processes", "all", "--replay-mode", replay_mode]
     if nvtx_include is not None:
         argv += ["--nvtx", "--nvtx-include", nvtx_include]
-    elif replay_mode == "kernel":
-        argv += ["--profile-from-start", "off"]
+    else:
+        argv += ["--nvtx"] if nvtx else []
+        argv += ["--profile-from-start", "off"] if replay_mode == "kernel" else []
+    if kernel_name is not None:
+        argv += ["--kernel-name", kernel_name]
     # Default clock control is none: base clocks would lower throughput below what the
     # deployment sees, and we want the DRAM traffic and time at the clocks it really runs at.
     argv += ["--cache-control", cache_control, "--clock-control", clock_control,
@@ -173,13 +181,21 @@ def _read(report_path: Path, metrics: Sequence[str], ncu: str, log_path: Path,
     return ncu_read.read_report(report_path, metrics), "ncu_report"
 
 
+NO_RANGE = "(no nvtx range)"  # the group of kernels launched outside every NVTX range
+
+
 def _split(df, replay_mode: str) -> tuple[dict | None, str | None]:
-    """Totals per NVTX range or per process, when kernels can be told apart that way."""
+    """Totals (and kernel counts) per NVTX range or per process, when kernels can be told apart that way."""
     if replay_mode == "app-range":
         return None, "app-range replay measures the window as one range; kernels are not told apart"
     for column, label in (("Range", "nvtx_range"), ("Process", "process")):
-        if column in df and df[column].nunique(dropna=True) > 1:
-            groups = {str(key): ncu_read.totals(group) for key, group in df.groupby(column)}
+        if column not in df or df[column].nunique(dropna=True) == 0:
+            continue
+        # Kernels outside every NVTX range are a group of their own (e.g. the target beside the drafter).
+        keys = df[column].astype(object).fillna(NO_RANGE) if column == "Range" else df[column]
+        if keys.nunique() > 1:
+            groups = {str(key): {**ncu_read.totals(group), "num_kernels": ncu_read.count_results(group)}
+                      for key, group in df.groupby(keys)}
             return {"by": label, "groups": groups}, None
     return None, "all kernels ran in one process with no distinguishing NVTX range"
 
@@ -189,7 +205,8 @@ def profile_workload(workload_argv: Sequence[str], *, metrics: Sequence[str], re
                      cache_control: str = "all", clock_control: str = "none",
                      nvtx_include: str | None = None, export_timeout_s: float = 600.0,
                      kill_grace_s: float = 10.0, ncu: tuple[str, str] | None = None,
-                     top_by: str = "dram__bytes_write.sum") -> dict:
+                     top_by: str = DRAM_WRITE, kernel_name: str | None = None, nvtx: bool = False,
+                     env: dict | None = None) -> dict:
     """Run the workload under ncu and summarise the report for the run's JSON.
 
     Args:
@@ -203,6 +220,8 @@ def profile_workload(workload_argv: Sequence[str], *, metrics: Sequence[str], re
         kill_grace_s: time between SIGTERM and SIGKILL on timeout.
         ncu: ``(path, version)`` from ``find_ncu``; None calls it.
         top_by: metric that ranks ``top_kernels`` (kernel replay only).
+        kernel_name, nvtx: see ``ncu_argv``.
+        env: the environment of ncu and the workload (None: this process's).
 
     Returns:
         The ``ncu`` block of the run's JSON: status, ncu_version, command, report_path, log_path,
@@ -219,7 +238,7 @@ def profile_workload(workload_argv: Sequence[str], *, metrics: Sequence[str], re
     report_path, log_path = Path(report_path), Path(log_path)
     argv = ncu_argv(workload_argv, metrics=metrics, report_path=report_path, log_path=log_path,
                     replay_mode=replay_mode, cache_control=cache_control, clock_control=clock_control,
-                    nvtx_include=nvtx_include, ncu=ncu_path)
+                    nvtx_include=nvtx_include, ncu=ncu_path, kernel_name=kernel_name, nvtx=nvtx)
     suffix = "" if report_path.suffix == ".ncu-rep" else ".ncu-rep"
     full_report = report_path.with_name(report_path.name + suffix)
     # ncu writes no report when nothing was profiled; a stale report or log from an earlier
@@ -230,7 +249,7 @@ def profile_workload(workload_argv: Sequence[str], *, metrics: Sequence[str], re
     started = time.perf_counter()
     # A new session makes ncu the leader of its own process group, so a timeout can kill
     # ncu, the workload and the vLLM engine core together.
-    proc = subprocess.Popen(argv, start_new_session=True)
+    proc = subprocess.Popen(argv, start_new_session=True, env=env)
     try:
         returncode = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired as err:

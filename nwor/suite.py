@@ -123,6 +123,18 @@ class SuiteLog:
                 fh.write(line)
 
 
+def _log_early_exit(log: SuiteLog, spec: RunSpec, result_path) -> None:
+    """The fork's `Confidence early exit stats: ...` line for an early-exit run (nwor.plugin.stats_line)."""
+    from nwor.plugin import line_for_result
+
+    try:
+        line = line_for_result(json.loads(Path(result_path).read_text()))
+    except (OSError, ValueError):
+        return  # the run's own status says what went wrong
+    if line:
+        log.write(spec, "STATS", line)
+
+
 def preflight(specs: list[RunSpec]) -> dict[str, str]:
     """Runs that this vLLM build must refuse, with the one-line reason, found before any engine starts."""
     from nwor.features import detect_capability, plan_features
@@ -171,6 +183,7 @@ def run_suite(specs: list[RunSpec], *, root=None, force: bool = False, progress=
                 try:
                     run_notebook(spec, root=root)
                     log.write(spec, "COMPLETE", f"{time.monotonic() - started:.1f}s")
+                    _log_early_exit(log, spec, st.result_path)
                 except (RunFailed, NworError) as err:
                     log.write(spec, "ERROR", str(err))
             done = run_state(spec, root)

@@ -5,7 +5,9 @@
 
 Configs: stock (no plugin env), plugin loaded with features off, confidence threshold 0.99, adaptive draft
 length (at T=0 and T=0.7). Each runs 8 prompts x 32 tokens (`ignore_eos`) and times `generate` (median of 5
-after one warm-up). Prints one JSON summary and exits 1 when any check fails. Logs and each engine's full
+after one warm-up). Every plugin engine runs its checked batches with `nwor.plugin.set_sync_check` on (a host
+read or, on CUDA, any synchronising call in nwor's hook code fails the step: check `sync_check_clean`).
+Prints one JSON summary and exits 1 when any check fails. Logs and each engine's full
 result (token ids included) go to OUT.json's folder, in `<OUT stem>.d/`.
 """
 from __future__ import annotations
@@ -92,6 +94,9 @@ def _drive(name: str, args) -> dict:
         return [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, params, use_tqdm=False)]
 
     generate(0.0)  # warm-up
+    if config is not None:
+        # nwor's hook code under the sync check: a host read or (CUDA) a synchronising call fails the step.
+        result["sync_check"] = plugin.set_sync_check(llm, True)
     result["runs"] = {}
     for temperature in temperatures:
         if config is not None:
@@ -110,6 +115,8 @@ def _drive(name: str, args) -> dict:
             result["read_stats_error"] = None
         except FeatureUnavailable as err:
             result["read_stats_error"] = f"FeatureUnavailable: {err}"
+    if config is not None:
+        plugin.set_sync_check(llm, False)  # timed without it
     samples = []
     for _ in range(TIMED_REPEATS):
         t0 = time.perf_counter()
@@ -142,6 +149,11 @@ def evaluate(results: dict, num_speculative_tokens: int) -> dict[str, bool]:
     ran = {name: r for name, r in results.items() if r is not None}
     checks["v1_model_runner"] = bool(ran) and all(r["use_v2_model_runner"] is False for r in ran.values())
     checks["async_scheduling_off"] = bool(ran) and all(r["async_scheduling"] is False for r in ran.values())
+    plugin_runs = [r for name, r in ran.items() if name != "stock"]
+    if plugin_runs:
+        # Ran to the end with the check on (a host read would have failed the engine step), on CUDA too.
+        checks["sync_check_clean"] = all(r.get("sync_check") == {"sync_check": True, "cuda_sync_debug_mode": True}
+                                         for r in plugin_runs)
     stock = ran.get("stock")
     if stock is not None:
         checks["stock_has_no_plugin"] = str(stock.get("read_stats_error")).startswith("FeatureUnavailable")
@@ -203,6 +215,7 @@ def summarize(results: dict, num_speculative_tokens: int) -> dict:
             if stock and t == "t0.0" and name != "stock":
                 runs[t]["first_mismatch_vs_stock"] = _first_mismatch(run["outputs"], stock["runs"][t]["outputs"])
         configs[name] = {
+            "sync_check": r.get("sync_check"),
             "engine_start_s": r["engine_start_s"], "cudagraph_mode": r["cudagraph_mode"],
             "use_v2_model_runner": r["use_v2_model_runner"], "async_scheduling": r["async_scheduling"],
             "generate_latency_s": r["generate_latency_s"], "median_generate_latency_s": median,

@@ -10,6 +10,7 @@ import pytest
 from nwor.config import DEFAULT_NCU_METRICS
 from nwor.errors import ConfigError
 from nwor.grid import GRIDS, PARAMETERS_DIR, expand, expand_all, load_grid, load_profile
+from nwor.ncu_metrics import NCU_METRICS
 
 ADAPTIVE_WORKLOADS = {  # W: (requests, tokens, temperature, draft tokens)
     1: (12, 64, 0.0, 10), 2: (12, 64, 0.7, 10), 3: (36, 128, 0.0, 10), 4: (36, 128, 0.7, 10),
@@ -119,8 +120,7 @@ def test_full_early_exit_values(full):
         assert s.workload_number == n
         assert (s.max_new_tokens, s.temperature, s.confidence_threshold) == (tokens, temperature, threshold)
         assert s.ncu is True
-        assert s.ncu_metrics == ("dram__bytes_write.sum", "dram__bytes_read.sum",
-                                 "dram__throughput.avg.pct_of_peak_sustained_elapsed", "l1tex__t_bytes.sum")
+        assert s.ncu_metrics == NCU_METRICS
         assert s.measured_batches == 5
         assert s.num_requests == 36 and s.num_speculative_tokens == 10 and not s.adaptive_draft_length
 

@@ -208,3 +208,28 @@ def test_side_paths_keep_dotted_run_ids():
     paths = side_paths("outputs/p/early_exit_grid/run3_r36_t128_temp0.0_thresh0.5.json")
     assert paths["report"].name == "run3_r36_t128_temp0.0_thresh0.5.ncu-rep"
     assert paths["pass_result"].name == "run3_r36_t128_temp0.0_thresh0.5.ncu-pass.json"
+
+
+def test_one_metric_list_in_the_project():
+    """nwor/ncu_metrics.py holds the only list; the run notebook's hand-run default equals it."""
+    import json
+    import re
+    from pathlib import Path
+
+    from nwor.config import DEFAULT_NCU_METRICS
+    from nwor.ncu_metrics import NCU_METRICS, with_required
+
+    root = Path(__file__).resolve().parent.parent
+    files = [p for d in ("nwor", "scripts", "parameters") for p in (root / d).rglob("*") if p.suffix in (".py", ".yaml")]
+    holders = sorted(str(p.relative_to(root)) for p in files
+                     if re.search(r"dram__bytes_read\.sum|dram__throughput\.avg", p.read_text()))
+    assert holders == ["nwor/ncu_metrics.py"]
+    assert DEFAULT_NCU_METRICS is NCU_METRICS and ncu_read.DEFAULT_METRICS is NCU_METRICS
+    cells = json.loads((root / "notebooks" / "run_experiment.ipynb").read_text())["cells"]
+    source = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    default = re.search(r"^ncu_metrics = (\[.*?\])", source, re.M).group(1)
+    assert tuple(json.loads(default.replace("'", '"'))) == NCU_METRICS
+    # A run's own shorter list still yields the pct counter and the time it is weighted by.
+    assert with_required(["dram__bytes_read.sum", "l1tex__t_bytes.sum"]) == (
+        "dram__bytes_read.sum", "l1tex__t_bytes.sum", "dram__bytes_write.sum",
+        "dram__throughput.avg.pct_of_peak_sustained_elapsed", "gpu__time_duration.sum")

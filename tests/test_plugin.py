@@ -90,7 +90,69 @@ def test_register_is_inert_without_env(monkeypatch):
     import nwor.plugin
 
     nwor.plugin.register()  # must not import vLLM or patch anything
-    assert "nwor.plugin.elastic" not in sys.modules or not nwor.plugin.elastic._DRAFTERS
+    assert "nwor.plugin.elastic" not in sys.modules or not nwor.plugin.elastic.DRAFTERS
+
+
+def test_sync_check_raises_on_host_reads_inside_hook_code_only():
+    import torch
+
+    from nwor.plugin import checks
+
+    value = torch.tensor([3])
+    assert checks.region("nwor::x") is checks.region("nwor::y")  # off: one shared no-op context
+    try:
+        checks.enable_sync_check(True)
+        assert value.item() == 3 and value.tolist() == [3] and bool(value)  # outside nwor code: allowed
+        for read in (lambda: value.item(), lambda: value.tolist(), lambda: value.cpu(), lambda: bool(value),
+                     lambda: int(value), lambda: float(value), lambda: value.numpy()):
+            with pytest.raises(checks.HostReadInHook):
+                with checks.region("nwor::gate"):
+                    read()
+        with checks.profiled("nwor::propose"):  # a profiler range around vLLM code is not checked
+            assert value.item() == 3
+    finally:
+        checks.enable_sync_check(False)
+    with checks.region("nwor::gate"):
+        assert value.item() == 3  # switched off: methods restored
+
+
+def test_stats_line_has_the_forks_format():
+    from nwor.plugin import format_stats_line
+
+    assert format_stats_line(41, 1000) == "Confidence early exit stats: 41 tokens stopped out of 1000 checks (4.10%)"
+    assert format_stats_line(0, 0, run_id="run1_t0.5", source="nwor-plugin") == (
+        "Confidence early exit stats: 0 tokens stopped out of 0 checks (n/a) [run=run1_t0.5, source=nwor-plugin]")
+    for bad in ((5, 4), (-1, 3)):
+        with pytest.raises(ValueError):
+            format_stats_line(*bad)
+
+
+def test_stats_line_for_a_result_from_whichever_source():
+    from nwor.plugin import line_for_result
+
+    def result(threshold, early):
+        return {"run_id": "run2_x", "spec": {"confidence_threshold": threshold}, "early_exit": early}
+
+    plugin_run = result(0.3, {"status": "ok", "source": "nwor-plugin", "tokens_stopped": 2267, "checks": 62946})
+    assert line_for_result(plugin_run) == ("Confidence early exit stats: 2267 tokens stopped out of 62946 checks "
+                                           "(3.60%) [run=run2_x, source=nwor-plugin]")
+    fork_run = result(0.5, {"status": "ok", "source": "native-log", "tokens_stopped": 5, "checks": 10})
+    assert line_for_result(fork_run).endswith("(50.00%) [run=run2_x, source=native-log]")
+    assert line_for_result(result(0.0, {"status": "ok", "tokens_stopped": 0, "checks": 0})) is None
+    assert line_for_result(result(0.5, {"status": "unavailable", "tokens_stopped": None})) is None
+
+
+def test_ewma_alpha_is_the_forks_unless_set():
+    assert PluginConfig().ewma_alpha == 0.1 and PluginConfig().nwor_extensions == []
+    config = PluginConfig(adaptive_draft_length=True, ewma_alpha=0.5)
+    assert config.nwor_extensions == ["ewma_alpha"] and PluginConfig.from_json(config.to_json()) == config
+    assert "ewma_alpha" not in PluginConfig().to_json()  # the fork's value is implied: fork-run JSON unchanged
+    state = ElasticState(config, num_speculative_tokens=4)
+    state.observe_acceptance(accepted=4, drafted=4)
+    assert state.ewma == pytest.approx(0.75) and state.snapshot(0)["nwor_extensions"] == ["ewma_alpha"]
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ConfigError):
+            PluginConfig(ewma_alpha=bad)
 
 
 # ---- engine tests -----------------------------------------------------------------------------------
@@ -142,10 +204,41 @@ def test_early_exit_counters(engine_runs):
     _, plugin = engine_runs
     stats = plugin["stats"]
     high, low, zero = stats["threshold_0.99"], stats["threshold_1e-4"], stats["off"]
-    assert high["checks"] > 0 and high["tokens_stopped"] > 0
+    # n = 4 drafts per step: the fork's gate decides loop iterations 1 and 2, i.e. 2 checks per row per step.
+    assert high["checks"] > 0 and high["checks"] % 2 == 0 and high["tokens_stopped"] > 0
     # max softmax >= 1/vocab = 1e-3 > 1e-4: checks run, nothing stops
     assert low["checks"] > 0 and low["tokens_stopped"] == 0 and low["stop_pct"] == 0.0
     assert zero["checks"] == 0 and zero["tokens_stopped"] == 0 and zero["stop_pct"] is None
+
+
+@pytest.mark.engine
+def test_configure_resets_state_and_switches_within_one_engine(engine_runs):
+    _, plugin = engine_runs
+    assert plugin["sync_check"]["sync_check"] is True
+    for name, fresh in plugin["after_configure"].items():
+        assert (fresh["steps"], fresh["checks"], fresh["tokens_stopped"]) == (0, 0, 0), name
+        assert fresh["acceptance_rate_ewma"] == 0.5 and fresh["draft_length_histogram"] == {}, name
+    stats = plugin["stats"]
+    # The same config after five others: the same counts, so nothing carried over.
+    # (Step counts may differ by one: vLLM's first step admits the prompts as they arrive.)
+    again, first = stats["threshold_0.99_again"], stats["threshold_0.99"]
+    assert (again["checks"], again["tokens_stopped"]) == (first["checks"], first["tokens_stopped"])
+    assert stats["adaptive_t1"]["nwor_extensions"] == [] and stats["adaptive_t1"]["ewma_alpha"] == 0.1
+    alpha = stats["adaptive_alpha0.5_t1"]
+    assert alpha["nwor_extensions"] == ["ewma_alpha"] and alpha["config"]["ewma_alpha"] == 0.5 == alpha["ewma_alpha"]
+    # A faster-moving EWMA of the same low acceptance ends further from the 0.5 start.
+    assert alpha["acceptance_rate_ewma"] < stats["adaptive_t1"]["acceptance_rate_ewma"] < 0.5
+
+
+@pytest.mark.engine
+def test_profiler_sees_the_gate_ranges(engine_runs):
+    _, plugin = engine_runs
+    ranges = plugin["profile"]["ranges"]
+    for name in ("nwor::propose", "nwor::confidence", "nwor::seq_lens", "nwor::gate"):
+        assert ranges.get(name, {}).get("count", 0) > 0, (name, sorted(ranges))
+    # K = 4 drafts: confidences after loop iterations 0 and 1, gates at iterations 1 and 2 (the fork's
+    # schedule; the last confidence would gate nothing and is not computed).
+    assert ranges["nwor::confidence"]["count"] == ranges["nwor::gate"]["count"] == ranges["nwor::seq_lens"]["count"]
 
 
 @pytest.mark.engine
@@ -157,6 +250,13 @@ def test_adaptive_length_follows_acceptance(engine_runs):
     hist_sampled = stats["adaptive_t1"]["draft_length_histogram"]
     assert hist_greedy != hist_sampled
     assert set(hist_greedy) | set(hist_sampled) <= {"2", "4"}  # 8 is capped at num_speculative_tokens=4
+    # The EWMA's inputs (read on the device, applied one step later) agree with vLLM's own counters: all
+    # but the batch's last verification, whose acceptance is still pending when the batch ends.
+    for name in ("adaptive_t0", "adaptive_t1", "adaptive_alpha0.5_t1", "both_t0"):
+        seen, vllm = stats[name]["ewma_input"], stats[name]["vllm_delta"]
+        drafted, accepted = vllm["vllm:spec_decode_num_draft_tokens"], vllm["vllm:spec_decode_num_accepted_tokens"]
+        assert 0 < seen["drafted"] <= drafted and drafted - seen["drafted"] <= 4 * len(PROMPTS), (name, seen, vllm)
+        assert 0 <= accepted - seen["accepted"] <= 4 * len(PROMPTS), (name, seen, vllm)
 
 
 @pytest.mark.engine
@@ -184,6 +284,10 @@ def _timed(llm) -> list[float]:
     return samples
 
 
+def _spec_counters(llm) -> dict:
+    return {m.name: m.value for m in llm.get_metrics() if m.name.startswith("vllm:spec_decode_num") and hasattr(m, "value")}
+
+
 def _drive(mode: str, out_path: str) -> None:
     from vllm import LLM
 
@@ -209,17 +313,31 @@ def _drive(mode: str, out_path: str) -> None:
             "threshold_1e-4": (PluginConfig(confidence_threshold=1e-4), 0.0),
             "adaptive_t0": (PluginConfig(adaptive_draft_length=True), 0.0),
             "adaptive_t1": (PluginConfig(adaptive_draft_length=True), 1.0),
+            "adaptive_alpha0.5_t1": (PluginConfig(adaptive_draft_length=True, ewma_alpha=0.5), 1.0),
             "both_t0": (PluginConfig(adaptive_draft_length=True, confidence_threshold=0.99), 0.0),
+            "threshold_0.99_again": (PluginConfig(confidence_threshold=0.99), 0.0),
         }
         plugin.reset_stats(llm)
         result["latency_s"] = _timed(llm)  # plugin loaded, features off
-        result["outputs_t0"], result["stats"] = {}, {}
+        # Every variant runs with the sync check on: a host read in nwor's hook code fails the step.
+        result["sync_check"] = plugin.set_sync_check(llm, True)
+        result["outputs_t0"], result["stats"], result["after_configure"] = {}, {}, {}
         for name, (config, temperature) in variants.items():
             plugin.configure(llm, config)
+            result["after_configure"][name] = plugin.read_stats(llm)
+            before = _spec_counters(llm)
             outputs = _generate(llm, temperature)
             result["stats"][name] = plugin.read_stats(llm)
+            after = _spec_counters(llm)
+            result["stats"][name]["vllm_delta"] = {k: after[k] - before.get(k, 0) for k in after}
             if temperature == 0.0:
                 result["outputs_t0"][name] = [list(t) for t in outputs]
+        plugin.set_sync_check(llm, False)
+        # The profiler path the GPU trace script uses (scripts/profile_gate.py), on a gated batch.
+        plugin.configure(llm, PluginConfig(confidence_threshold=1e-4))
+        plugin.profile_start(llm)
+        _generate(llm, 0.0)
+        result["profile"] = plugin.profile_stop(llm, None)
         plugin.configure(llm, PluginConfig(stats_path=plugin.read_config().stats_path))
         _generate(llm, 0.0)  # what the exit-time stats file should hold
     result["metrics"] = {m.name: getattr(m, "value", None) for m in llm.get_metrics()

