@@ -65,7 +65,7 @@ def test_overwrite_replaces(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1"])
+@pytest.mark.parametrize("version", [0, 1, 3, None, "2"])
 def test_read_rejects_other_schema_version(tmp_path, version):
     doc = _doc()
     doc["schema_version"] = version
