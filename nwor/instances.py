@@ -113,7 +113,12 @@ def run_instances(spec: RunSpec, design: Design, *, profile_region: bool = False
 
     Each record is the replicate of the result JSON plus private keys (leading "_") that collect_arm reads.
     """
-    prompts = {name: prompts_for(arm.spec) for name, arm in design.arms.items()}
+    loaded: dict[tuple, list[str]] = {}  # arms share their prompt set: load it once (hf: sets download)
+    prompts = {}
+    for name, arm in design.arms.items():
+        a = arm.spec
+        key = (a.prompt_set, a.prompt_min_chars, a.prompt_max_chars, a.prompt_shuffle_seed)
+        prompts[name] = loaded[key] if key in loaded else loaded.setdefault(key, prompts_for(a))
     counts: dict[str, int] = {}  # measured batches so far per arm, across instances: the seed's batch index
     records, set_keys = [], set()
     for inst in design.instances:
