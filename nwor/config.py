@@ -106,6 +106,10 @@ class RunSpec:
         data["arms"] = [dict(a) for a in self.arms]
         return data
 
+    def __hash__(self) -> int:
+        # The generated hash would fail on `arms` (a tuple of dicts); equal specs have equal params hashes.
+        return hash(self.params_hash())
+
     def params_hash(self) -> str:
         """Hash of every parameter that shapes the result; a stored result with another hash is stale.
 

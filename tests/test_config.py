@@ -194,3 +194,10 @@ def test_config_error_from_validation_pickles():
         RunSpec(top_p=0)
     back = pickle.loads(pickle.dumps(info.value))
     assert str(back) == str(info.value) and back.context == {"field": "top_p", "value": 0}
+
+
+def test_spec_with_arms_is_hashable_and_round_trips():
+    spec = RunSpec(adaptive_draft_length=True, arms=[{"name": "baseline", "adaptive_draft_length": False}])
+    assert len({spec, RunSpec(**spec.to_dict())}) == 1
+    assert spec.to_dict()["arms"] == [{"name": "baseline", "adaptive_draft_length": False}]
+    assert RunSpec(**spec.to_dict()) == spec
