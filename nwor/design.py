@@ -11,13 +11,15 @@ from __future__ import annotations
 import random
 import statistics
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from nwor.config import SPEC_FIELDS, RunSpec
 from nwor.errors import ConfigError
+from nwor.plugin import PluginConfig
 
-# What nwor.plugin.configure changes in a running engine (PluginConfig's fields).
-PLUGIN_FIELDS = ("adaptive_draft_length", "confidence_threshold", "draft_length_options")
+# What nwor.plugin.configure changes in a running engine: PluginConfig's fields that are also RunSpec fields
+# (adaptive_draft_length, draft_length_options, confidence_threshold; a new controller knob joins by name).
+PLUGIN_FIELDS = tuple(f.name for f in fields(PluginConfig) if f.name in SPEC_FIELDS)
 RUN_ARM = "run"
 
 
@@ -40,6 +42,11 @@ class Arm:
         if self.label is not None:
             out["label"] = self.label
         return out
+
+
+def plugin_config(spec: RunSpec) -> PluginConfig:
+    """The plugin configuration of an arm: its values of PLUGIN_FIELDS."""
+    return PluginConfig(**{name: getattr(spec, name) for name in PLUGIN_FIELDS})
 
 
 def arms_of(spec: RunSpec) -> list[Arm]:

@@ -16,7 +16,7 @@ from nwor import bench, provenance
 from nwor import metrics as m
 from nwor.config import RunSpec, resolve_models
 from nwor.design import (RUN_ARM, Arm, arms_of, balanced_rounds, design_name, design_seed, group_arms,
-                         instance_order)
+                         instance_order, plugin_config)
 from nwor.engine import effective_speculation, release_engine, start_engine
 from nwor.errors import FeatureUnavailable
 from nwor.features import Capability, FeaturePlan, plan_features
@@ -102,9 +102,7 @@ def _configurer(llm, plugin_loaded: bool):
     from nwor import plugin
 
     def configure(arm_spec: RunSpec) -> None:
-        plugin.configure(llm, plugin.PluginConfig(adaptive_draft_length=arm_spec.adaptive_draft_length,
-                                                  draft_length_options=arm_spec.draft_length_options,
-                                                  confidence_threshold=arm_spec.confidence_threshold))
+        plugin.configure(llm, plugin_config(arm_spec))
     return configure
 
 
