@@ -25,7 +25,6 @@ from nwor.prompts import batch_prompts
 from nwor.results import envelope, seed_summary
 
 
-
 def output_hash(token_ids) -> str:
     """Identity of one generated sequence: equal hashes ⇔ equal token ids."""
     return hashlib.sha256(",".join(map(str, token_ids)).encode()).hexdigest()[:16]
@@ -80,7 +79,7 @@ def _warm_up(llm, spec: RunSpec, names: list[str], arms: dict, configure) -> dic
         if configure:
             configure(arm_spec)
         start = time.perf_counter()
-        llm.generate(batch_prompts(prompts, warmup_prompt_index(spec, len(series)), spec.num_requests),
+        llm.generate(batch_prompts(prompts, warmup_prompt_index(spec, len(series)), arm_spec.num_requests),
                      _sampling_params(arm_spec), use_tqdm=False)
         series.append(time.perf_counter() - start)
         series_arms.append(name)
