@@ -1,4 +1,6 @@
-"""One run's measurement: engine, warm-up, timed batches, counters, request timings → a result document.
+"""One run's measurement: warm-up, timed batches, counters, request timings → a result document.
+
+The engine instances and arms are run by nwor.instances; this module times batches and summarises.
 
 Also a script entry point, so Nsight Compute can profile a run outside any notebook kernel:
 `python -m nwor.bench --spec SPEC.json --out RESULT.json [--profile-region] [--log LOG]`.
@@ -15,11 +17,11 @@ from pathlib import Path
 from nwor import metrics as m
 from nwor import provenance
 from nwor.config import RunSpec, resolve_models, spec_from_mapping
-from nwor.engine import (effective_speculation, native_early_exit_from_log, quiet_streams, release_engine,
-                         route_vllm_logs, start_engine)
+from nwor.design import RUN_ARM, WarmupRule
+from nwor.engine import native_early_exit_from_log, quiet_streams, route_vllm_logs
 from nwor.errors import NworError
 from nwor.features import ADAPTIVE, EARLY_EXIT, detect_capability, plan_features
-from nwor.prompts import batch_prompts, prompts_for
+from nwor.prompts import batch_prompts
 from nwor.results import envelope, seed_summary
 
 
@@ -35,35 +37,66 @@ def _sampling_params(spec: RunSpec):
                           ignore_eos=spec.ignore_eos)
 
 
-def warm_up(llm, spec: RunSpec, prompts: list[str]) -> None:
-    """The spec's untimed batches, on the prompts that precede the measured ones."""
+def warmup_prompt_index(spec: RunSpec, w: int) -> int:
+    """Prompt batch of warm-up batch `w`: the first `warmup_batches` precede the measured prompts
+    (`warmup_batches + round`); any further ones come after them, so measured prompts never move."""
+    return w if w < spec.warmup_batches else spec.measured_batches + w
+
+
+def _timed_batch(llm, spec: RunSpec, prompts: list[str], prompt_index: int, batch: int) -> tuple[dict, list]:
+    """One synchronous generate, timed; the seed's batch row and the request rows."""
     params = _sampling_params(spec)
-    for w in range(spec.warmup_batches):
-        llm.generate(batch_prompts(prompts, w, spec.num_requests), params, use_tqdm=False)
+    prompts_now = batch_prompts(prompts, prompt_index, spec.num_requests)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts_now, params, use_tqdm=False)
+    latency = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    hashes = [output_hash(o.outputs[0].token_ids) for o in outputs]
+    row = {"batch": batch, "latency_s": latency, "num_requests": len(prompts_now), "num_output_tokens": tokens,
+           "output_tokens_per_s": tokens / latency,
+           "sampling_params": {"temperature": spec.temperature, "top_p": spec.top_p,
+                               "max_tokens": spec.max_new_tokens, "ignore_eos": spec.ignore_eos},
+           "outputs": [o.outputs[0].text for o in outputs], "output_hashes": hashes}
+    requests = [{"batch": batch, "index": i, "num_prompt_tokens": len(out.prompt_token_ids or []),
+                 "num_output_tokens": len(out.outputs[0].token_ids), "output_hash": hashes[i],
+                 **m.request_timings(out)} for i, out in enumerate(outputs)]
+    return row, requests
+
+
+def warm_up(llm, spec: RunSpec, prompts: list[str]) -> dict:
+    """Untimed batches of one arm until the spec's warm-up rule says stable (or its cap); the warm-up record."""
+    return _warm_up(llm, spec, [RUN_ARM], {RUN_ARM: (spec, prompts)}, None)
+
+
+def _warm_up(llm, spec: RunSpec, names: list[str], arms: dict, configure) -> dict:
+    """Rotate the instance's arms batch by batch until `WarmupRule.verdict` ends the warm-up."""
+    rule = WarmupRule.of(spec)
+    series, series_arms = [], []
+    ended_by = rule.verdict(series, series_arms)
+    while ended_by is None:
+        name = names[len(series) % len(names)]
+        arm_spec, prompts = arms[name]
+        if configure:
+            configure(arm_spec)
+        start = time.perf_counter()
+        llm.generate(batch_prompts(prompts, warmup_prompt_index(spec, len(series)), arm_spec.num_requests),
+                     _sampling_params(arm_spec), use_tqdm=False)
+        series.append(time.perf_counter() - start)
+        series_arms.append(name)
+        ended_by = rule.verdict(series, series_arms)
+    return {"rule": rule.to_dict(), "series_s": series, "series_arms": series_arms, "batches": len(series),
+            "ended_by": ended_by}
 
 
 def _run_batches(llm, spec: RunSpec, prompts: list[str], *, on_batch=None) -> tuple[list, list]:
-    """Time each measured batch (a synchronous generate); return batch rows and request rows."""
-    params = _sampling_params(spec)
+    """The spec's measured batches of one arm, no reconfiguration (scripts/bench_overhead.py's loop)."""
     batches, requests = [], []
     for b in range(spec.measured_batches):
-        batch = batch_prompts(prompts, spec.warmup_batches + b, spec.num_requests)
-        start = time.perf_counter()
-        outputs = llm.generate(batch, params, use_tqdm=False)
-        latency = time.perf_counter() - start
-        tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-        hashes = [output_hash(o.outputs[0].token_ids) for o in outputs]
-        batches.append({"batch": b, "latency_s": latency, "num_requests": len(batch), "num_output_tokens": tokens,
-                        "output_tokens_per_s": tokens / latency,
-                        "sampling_params": {"temperature": spec.temperature, "top_p": spec.top_p,
-                                            "max_tokens": spec.max_new_tokens, "ignore_eos": spec.ignore_eos},
-                        "outputs": [o.outputs[0].text for o in outputs], "output_hashes": hashes})
-        for i, out in enumerate(outputs):
-            requests.append({"batch": b, "index": i, "num_prompt_tokens": len(out.prompt_token_ids or []),
-                             "num_output_tokens": len(out.outputs[0].token_ids), "output_hash": hashes[i],
-                             **m.request_timings(out)})
+        row, reqs = _timed_batch(llm, spec, prompts, spec.warmup_batches + b, b)
+        batches.append(row)
+        requests.extend(reqs)
         if on_batch:
-            on_batch(b, latency)
+            on_batch(b, row["latency_s"])
     return batches, requests
 
 
@@ -79,23 +112,21 @@ def _summarise(spec: RunSpec, batches: list, requests: list, counters: dict) -> 
     return out
 
 
-def _feature_stats(llm, plan, log_path) -> tuple[dict, dict]:
-    """Early-exit counters and the chosen draft-length histogram over the measured batches."""
+def _feature_stats(plan, plugin_totals: dict | None, log_path) -> tuple[dict, dict]:
+    """Early-exit counters and the chosen draft-length histogram over arm "run"'s measured batches."""
     unavailable = {"status": "unavailable", "tokens_stopped": None, "checks": None, "stop_pct": None}
-    if plan.uses_plugin:
-        from nwor import plugin
-
-        stats = plugin.read_stats(llm)
-        early = {"status": "ok", "source": plan.feature_impl, "tokens_stopped": stats["tokens_stopped"],
-                 "checks": stats["checks"], "stop_pct": stats["stop_pct"], "reason": None}
-        lengths = {"status": "ok", "histogram": {str(k): v for k, v in sorted(stats["draft_length_histogram"].items())},
-                   "steps": stats.get("steps")}
+    if plan.uses_plugin and plugin_totals is not None:
+        early = {"status": "ok", "source": plan.feature_impl, "tokens_stopped": plugin_totals["tokens_stopped"],
+                 "checks": plugin_totals["checks"], "stop_pct": plugin_totals["stop_pct"], "reason": None}
+        lengths = {"status": "ok", "steps": plugin_totals["steps"],
+                   "histogram": {str(k): v for k, v in plugin_totals["draft_length_histogram"].items()}}
         return early, lengths
     if plan.impl[EARLY_EXIT] == "native":
         parsed = native_early_exit_from_log(log_path) if log_path else None
         if parsed:
             # The fork's counters are cumulative since engine start (warm-up included): labelled so.
-            return ({"status": "ok", "source": "native-log", "window": "engine lifetime", **parsed, "reason": None},
+            return ({"status": "ok", "source": "native-log", "window": "engine lifetime (last instance)", **parsed,
+                     "reason": None},
                     {"status": "unavailable", "histogram": None, "reason": "the fork does not expose chosen lengths"})
         unavailable["reason"] = "the fork logged no early-exit stats line"
     elif plan.impl[EARLY_EXIT] == "off" and plan.impl[ADAPTIVE] == "off":
@@ -107,11 +138,11 @@ def _feature_stats(llm, plan, log_path) -> tuple[dict, dict]:
 
 def measure(spec: RunSpec, *, log_path: str | Path | None = None, profile_region: bool = False,
             on_batch=None) -> dict:
-    """Run one experiment and return its result document (status ok); never writes files.
+    """Run one experiment (every arm, every engine instance) and return its result document; never writes files.
 
     Raises:
-        FeatureUnavailable: the run asks for a feature this vLLM build cannot provide (before any engine).
-        ConfigError: prompts or models cannot be resolved.
+        FeatureUnavailable: an arm asks for a feature this vLLM build cannot provide (before any engine).
+        ConfigError: prompts, models or arms cannot be resolved.
     """
     if not log_path:
         return _measure(spec, None, profile_region, on_batch)
@@ -121,40 +152,29 @@ def measure(spec: RunSpec, *, log_path: str | Path | None = None, profile_region
 
 
 def _measure(spec: RunSpec, log_path, profile_region: bool, on_batch) -> dict:
+    from nwor.instances import collect_arm, plan_design, public, run_instances
+
     started = provenance.utc_now()
     cap = detect_capability()
-    plan = plan_features(spec, cap)
+    plan = plan_features(spec, cap)  # refuses before any engine starts
+    design = plan_design(spec, cap)
+    replicates = run_instances(spec, design, profile_region=profile_region, on_batch=on_batch)
+    run = collect_arm(replicates, RUN_ARM)
+    counters = run["counters"]
+    metrics = {**_summarise(spec, run["results"], run["requests"], counters),
+               "gpu_memory_used_bytes": run["gpu_memory_used_bytes"]}
+    early_exit, draft_lengths = _feature_stats(plan, run["plugin_stats"], log_path)
     models = resolve_models(spec)
-    prompts = prompts_for(spec)
-    t0 = time.perf_counter()
-    llm = start_engine(spec, models, plan, profile_region=profile_region)
-    engine_start_s = time.perf_counter() - t0
-    try:
-        effective = effective_speculation(llm, plan)
-        warm_up(llm, spec, prompts)
-        if plan.uses_plugin:
-            from nwor import plugin
-
-            plugin.reset_stats(llm)  # counters cover the measured batches only
-        before = m.snapshot(llm)
-        if profile_region:
-            llm.start_profile()
-        batches, requests = _run_batches(llm, spec, prompts, on_batch=on_batch)
-        if profile_region:
-            llm.stop_profile()
-        counters = m.diff(before, m.snapshot(llm))
-        early_exit, draft_lengths = _feature_stats(llm, plan, log_path)
-        gpu_memory_used = provenance.gpu_memory_used_bytes()
-    finally:
-        release_engine(llm)
-    metrics = {**_summarise(spec, batches, requests, counters), "gpu_memory_used_bytes": gpu_memory_used}
     return envelope(
-        spec, "ok", started_utc=started, finished_utc=provenance.utc_now(), engine_start_s=engine_start_s,
+        spec, "ok", started_utc=started, finished_utc=provenance.utc_now(),
+        engine_start_s=run["engine_start_s"],
         models={k: provenance.display_path(v) for k, v in models.items()}, env=provenance.collect(),
         features={"capability": cap.to_dict(), "requested": {"adaptive_draft_length": spec.adaptive_draft_length,
-                  "confidence_threshold": spec.confidence_threshold}, **plan.to_dict(), "effective": effective},
-        results=batches, requests=requests, metrics=metrics, counters=counters, early_exit=early_exit,
-        draft_lengths=draft_lengths, profiled_region=profile_region,
+                  "confidence_threshold": spec.confidence_threshold}, **plan.to_dict(),
+                  "plugin_loaded": run["plugin_loaded"], "effective": run["effective"]},
+        design=design.to_dict(), replicates=[public(r) for r in replicates],
+        results=run["results"], requests=run["requests"], metrics=metrics, counters=counters,
+        early_exit=early_exit, draft_lengths=draft_lengths, profiled_region=profile_region,
         ncu={"status": "off", "reason": "ncu not requested for this run"},
         summary=seed_summary(spec, metrics, None),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from nwor.errors import ConfigError
@@ -14,6 +14,13 @@ METHODS = ("eagle", "ngram", "none")
 FEATURE_IMPLS = ("auto", "native", "plugin")
 NCU_MODES = ("after", "instead")
 NCU_REPLAY_MODES = ("app-range", "kernel")
+ARM_DESIGNS = ("auto", "engines")
+# Keys an arm may set besides RunSpec fields; RunSpec fields that name or shape the run itself may not vary.
+ARM_EXTRA_KEYS = ("name", "load_plugin", "label")
+ARM_FIXED_FIELDS = ("run_id", "grid", "profile", "workload_number", "workload_name", "measured_batches",
+                    "warmup_batches", "warmup_max_batches", "warmup_window", "warmup_tolerance",
+                    "engine_instances", "arms", "arm_design", "ncu", "ncu_metrics", "ncu_mode",
+                    "ncu_replay_mode", "ncu_timeout_s", "seed")
 DEFAULT_NCU_METRICS = NCU_METRICS  # the project's one list (nwor/ncu_metrics.py)
 # Model names that resolve to the locally built tiny pair (nwor.tiny).
 TINY_TARGET, TINY_DRAFT = "tiny", "tiny-eagle"
@@ -40,8 +47,19 @@ class RunSpec:
     method: str = "eagle"
     num_speculative_tokens: int = 4
     num_requests: int = 8
-    measured_batches: int = 2
+    measured_batches: int = 2  # timed batches of each arm in each engine instance
+    # Warm-up rule (nwor.design.WarmupRule): untimed batches until the last `warmup_window` batches of every
+    # arm lie within `warmup_tolerance` (relative spread (max - min) / median), at least `warmup_batches`
+    # and at most `warmup_max_batches` batches per engine instance.
     warmup_batches: int = 1
+    warmup_max_batches: int = 4
+    warmup_window: int = 2
+    warmup_tolerance: float = 0.25
+    engine_instances: int = 1  # independent engines per engine group (nwor.design)
+    # Extra arms measured with this run (arm "run" is the run itself): mappings of `name` plus RunSpec
+    # overrides and `load_plugin` (false: stock vLLM, nwor's plugin not loaded) or `label` (display only).
+    arms: tuple = ()
+    arm_design: str = "auto"  # auto: plugin-only differences share an engine | engines: one engine group per arm
     temperature: float = 0.0
     top_p: float = 0.9
     max_new_tokens: int = 32
@@ -72,6 +90,8 @@ class RunSpec:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        if isinstance(self.arms, (list, tuple)):
+            object.__setattr__(self, "arms", tuple(dict(a) if isinstance(a, dict) else a for a in self.arms))
         _validate(self)
 
     def to_dict(self) -> dict:
@@ -79,7 +99,12 @@ class RunSpec:
         for name in ("ncu_metrics", "draft_length_options"):
             if data[name] is not None:
                 data[name] = list(data[name])
+        data["arms"] = [dict(a) for a in self.arms]
         return data
+
+    def __hash__(self) -> int:
+        # The generated hash would fail on `arms` (a tuple of dicts); equal specs have equal params hashes.
+        return hash(self.params_hash())
 
     def params_hash(self) -> str:
         """Hash of every parameter that shapes the result; a stored result with another hash is stale.
@@ -125,6 +150,15 @@ def _validate(spec: RunSpec) -> None:
                  "max_model_len", "tensor_parallel_size", "prompt_min_chars", "prompt_max_chars"):
         value = getattr(spec, name)
         _check(_is_int(value) and value >= 1, name, "must be an integer >= 1", value)
+    for name in ("warmup_max_batches", "warmup_window", "engine_instances"):
+        value = getattr(spec, name)
+        _check(_is_int(value) and value >= 1, name, "must be an integer >= 1", value)
+    _check(spec.warmup_max_batches >= spec.warmup_batches, "warmup_max_batches",
+           f"must be >= warmup_batches ({spec.warmup_batches})", spec.warmup_max_batches)
+    _check(_is_number(spec.warmup_tolerance) and spec.warmup_tolerance > 0, "warmup_tolerance", "must be > 0",
+           spec.warmup_tolerance)
+    _check(spec.arm_design in ARM_DESIGNS, "arm_design", f"must be one of {', '.join(ARM_DESIGNS)}",
+           spec.arm_design)
     for name in ("warmup_batches", "seed", "prompt_shuffle_seed"):
         value = getattr(spec, name)
         _check(_is_int(value) and value >= 0, name, "must be an integer >= 0", value)
@@ -167,6 +201,29 @@ def _validate(spec: RunSpec) -> None:
         model = getattr(spec, name)
         if model and _looks_local(model):
             _check(Path(model).expanduser().is_dir(), name, "no such local model folder", model)
+    _validate_arms(spec)
+
+
+def _validate_arms(spec: RunSpec) -> None:
+    """Each arm: a unique name and known keys, and its overrides make a valid RunSpec (checked recursively)."""
+    names = ["run"]
+    for arm in spec.arms:
+        _check(isinstance(arm, dict), "arms", "each arm must be a mapping", arm)
+        name = arm.get("name")
+        _check(isinstance(name, str) and bool(name) and name not in names, "arms",
+               "each arm needs a unique name (\"run\" is the run itself when not listed)", name)
+        names.append(name)
+        unknown = sorted(set(arm) - set(SPEC_FIELDS) - set(ARM_EXTRA_KEYS))
+        _check(not unknown, "arms", f"arm {name!r}: unknown key {unknown[0] if unknown else ''!r}", arm)
+        fixed = sorted(set(arm) & set(ARM_FIXED_FIELDS))
+        _check(not fixed, "arms", f"arm {name!r}: {fixed[0] if fixed else ''} is the run's, not an arm's", arm)
+        _check(arm.get("load_plugin") in (None, True, False), "arms", f"arm {name!r}: load_plugin must be a bool",
+               arm.get("load_plugin"))
+        overrides = {k: v for k, v in arm.items() if k in SPEC_FIELDS}
+        try:
+            replace(spec, arms=(), **overrides)
+        except ConfigError as err:
+            raise ConfigError(f"arm {name!r}: {err}", field="arms", value=arm) from None
 
 
 def spec_from_mapping(values: dict, *, source: str = "parameters") -> RunSpec:

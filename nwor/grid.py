@@ -12,11 +12,14 @@ from nwor.config import SPEC_FIELDS, RunSpec, apply_env_overrides
 from nwor.errors import ConfigError
 
 PARAMETERS_DIR = Path(__file__).resolve().parent.parent / "parameters"
-GRIDS = ("adaptive_grid", "early_exit_grid", "oneoff_scenarios")
-GRID_KEYS = {"grid", "run_id", "fixed", "axes", "workloads"}
+# The seed's three grids, then the calibration (A/A, plugin overhead) that every profile measures too.
+GRIDS = ("adaptive_grid", "early_exit_grid", "oneoff_scenarios", "calibration_grid")
+GRID_KEYS = {"grid", "run_id", "fixed", "axes", "workloads", "baseline"}
+# `baseline: features_off`: every run with a feature on also measures arm "baseline" with those features off.
+BASELINES = ("features_off",)
 PROFILE_KEYS = {"description", "set", "scale", "cap", "prompt_sets", "estimate_s_per_run"}
 # Keys a workload may carry besides RunSpec fields: `id` feeds the run-id template, `note` documents.
-WORKLOAD_EXTRA_KEYS = {"id", "note"}
+WORKLOAD_EXTRA_KEYS = {"id", "note", "suffix"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,19 @@ def load_grid(name: str, parameters_dir: Path = PARAMETERS_DIR) -> dict:
         _check_keys(workload, set(SPEC_FIELDS) | WORKLOAD_EXTRA_KEYS, f"{path}: workloads[{i}]")
     if not data.get("workloads"):
         raise ConfigError(f"{path}: no workloads")
+    if data.get("baseline") not in (None, *BASELINES):
+        raise ConfigError(f"{path}: baseline must be one of {', '.join(BASELINES)}, got {data['baseline']!r}")
     return data
+
+
+def baseline_arm(values: dict) -> dict | None:
+    """Arm "baseline" of a run with features on: the same run with each feature that is on turned off."""
+    off = {}
+    if values.get("adaptive_draft_length"):
+        off["adaptive_draft_length"] = False
+    if (values.get("confidence_threshold") or 0) > 0:
+        off["confidence_threshold"] = 0.0
+    return {"name": "baseline", **off} if off else None
 
 
 def run_id(template: str, values: dict) -> str:
@@ -133,6 +148,8 @@ def expand(name: str, profile: Profile, *, overrides: dict | None = None,
             values = {k: v for k, v in nominal.items() if k not in WORKLOAD_EXTRA_KEYS}
             values = apply_env_overrides(_apply_profile(values, profile))
             values.update(overrides or {})
+            if grid.get("baseline") == "features_off" and not values.get("arms") and baseline_arm(values):
+                values["arms"] = [baseline_arm(values)]
             try:
                 specs.append(RunSpec(**{**values, "run_id": rid, "grid": name, "profile": profile.name}))
             except ConfigError as err:

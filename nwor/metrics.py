@@ -90,3 +90,30 @@ def request_timings(output) -> dict:
         "queue_s": stats.scheduled_ts - stats.queued_ts if stats.scheduled_ts and stats.queued_ts else None,
         "is_corrupted": bool(getattr(stats, "is_corrupted", False)),
     }
+
+
+def add(total: dict, delta: dict) -> dict:
+    """total + delta for every counter and vector (vectors elementwise, padded with zeros)."""
+    out = dict(total)
+    for name, value in delta.items():
+        old = out.get(name)
+        if isinstance(value, list):
+            old = old or []
+            width = max(len(old), len(value))
+            out[name] = [a + b for a, b in zip(old + [0] * (width - len(old)), value + [0] * (width - len(value)))]
+        else:
+            out[name] = (old or 0) + value
+    return out
+
+
+def add_plugin_stats(total: dict | None, stats: dict) -> dict:
+    """Sum nwor-plugin counters of several batches (each read after the configure that zeroed them)."""
+    total = total or {"tokens_stopped": 0, "checks": 0, "steps": 0, "draft_length_histogram": {}}
+    histogram = dict(total["draft_length_histogram"])
+    for length, steps in stats.get("draft_length_histogram", {}).items():
+        histogram[int(length)] = histogram.get(int(length), 0) + steps
+    tokens_stopped = total["tokens_stopped"] + (stats.get("tokens_stopped") or 0)
+    checks = total["checks"] + (stats.get("checks") or 0)
+    return {"tokens_stopped": tokens_stopped, "checks": checks, "steps": total["steps"] + (stats.get("steps") or 0),
+            "stop_pct": 100.0 * tokens_stopped / checks if checks else None,
+            "draft_length_histogram": dict(sorted(histogram.items()))}

@@ -76,7 +76,8 @@ def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
 def _pass(spec: RunSpec, paths: dict, ncu: tuple[str, str], **options) -> dict:
     paths["report"].parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-        json.dump(spec.to_dict(), fh)
+        # The profiled pass is one engine, one arm: ncu measures the run itself, not its comparison design.
+        json.dump({**spec.to_dict(), "arms": [], "engine_instances": 1}, fh)
         spec_path = Path(fh.name)
     try:
         record = profile.profile_workload(

@@ -9,7 +9,7 @@ from pathlib import Path
 import nwor
 from nwor.errors import SchemaError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: design, replicates, warm-up rule; top-level fields describe arm "run"
 STATUSES = ("ok", "failed", "refused")
 
 
@@ -78,7 +78,7 @@ def seed_summary(spec, metrics: dict, ncu_totals: dict | None) -> dict:
         "latency_avg_s": metrics.get("mean_latency_s"),
         "latency_p50_s": metrics.get("p50_latency_s"),
         "latency_p95_s": metrics.get("p95_latency_s"),
-        "batches": spec.measured_batches,
+        "batches": spec.measured_batches * spec.engine_instances,  # arm "run"'s, over its engine instances
         "spec_num_drafts": metrics.get("num_drafts"),
         "spec_num_draft_tokens": metrics.get("num_draft_tokens"),
         "spec_num_accepted_tokens": metrics.get("num_accepted_tokens"),

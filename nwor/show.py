@@ -41,3 +41,29 @@ def instrumentation_table(doc: dict) -> pd.DataFrame:
             "ncu: ranges / kernels": f"{ncu.get('num_ranges')} / {ncu.get('num_kernels')}",
             **{f"ncu: {k}": v for k, v in (ncu.get("totals") or {}).items()}}
     return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
+
+
+def design_table(doc: dict) -> pd.DataFrame:
+    """One row per engine instance: its arms, engine start, warm-up (batches, end, series) and batch order."""
+    d = doc["design"]
+    rows = [{"instance": r["instance"], "arms": ", ".join(r["arms"]), "engine_start_s": r["engine_start_s"],
+             "warm-up batches": r["warmup"]["batches"], "warm-up ended by": r["warmup"]["ended_by"],
+             "warm-up series (s)": ", ".join(f"{s:.3f}" for s in r["warmup"]["series_s"]),
+             "measured order": " ".join(b["arm"] for b in r["batches"])} for r in doc["replicates"]]
+    frame = pd.DataFrame(rows).set_index("instance")
+    frame.attrs["design"] = f"{d['name']}, {d['engine_instances']} engine(s) per group, seed {d['seed']}"
+    return frame
+
+
+def replicates_table(doc: dict) -> pd.DataFrame:
+    """Mean batch latency and acceptance of every arm in every engine instance."""
+    rows = []
+    for r in doc["replicates"]:
+        for arm in r["arms"]:
+            lat = [b["latency_s"] for b in r["batches"] if b["arm"] == arm]
+            c = r["counters"][arm]
+            rows.append({"instance": r["instance"], "arm": arm, "batches": len(lat),
+                         "mean_latency_s": sum(lat) / len(lat) if lat else None,
+                         "draft_acceptance_rate": c.get("draft_acceptance_rate"),
+                         "mean_acceptance_length": c.get("mean_acceptance_length")})
+    return pd.DataFrame(rows).set_index(["instance", "arm"])

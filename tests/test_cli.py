@@ -30,7 +30,7 @@ def test_plan_full_lists_27_ids(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for rid in EXPECTED_IDS:
         assert rid in proc.stdout, rid
-    assert "27 runs: 0 done, 27 to run" in proc.stdout
+    assert "30 runs: 0 done, 30 to run" in proc.stdout  # the seed's 27 + calibration_grid's 3
     assert not out.exists()
 
 
@@ -55,7 +55,7 @@ def test_dry_run_runs_and_writes_nothing(tmp_path):
     out = tmp_path / "outputs"
     proc = nwor("run", "all", "--profile", "smoke", "--dry-run", "--outputs", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "dry run: 27 of 27 runs would execute" in proc.stdout
+    assert "dry run: 30 of 30 runs would execute" in proc.stdout
     assert "scenario_d_creative_writing" in proc.stdout
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []

@@ -114,6 +114,8 @@ _CHANGED = {
     "adaptive_draft_length": True, "draft_length_options": (2, 4), "confidence_threshold": 0.5,
     "feature_impl": "plugin", "ncu": True, "ncu_metrics": ("a.sum",), "ncu_mode": "instead",
     "ncu_replay_mode": "kernel", "ncu_timeout_s": 10.0, "seed": 1, "tiny_models": "gpu",
+    "warmup_max_batches": 9, "warmup_window": 4, "warmup_tolerance": 0.05, "engine_instances": 3,
+    "arms": ({"name": "baseline", "adaptive_draft_length": True},), "arm_design": "engines",
 }
 
 
@@ -192,3 +194,10 @@ def test_config_error_from_validation_pickles():
         RunSpec(top_p=0)
     back = pickle.loads(pickle.dumps(info.value))
     assert str(back) == str(info.value) and back.context == {"field": "top_p", "value": 0}
+
+
+def test_spec_with_arms_is_hashable_and_round_trips():
+    spec = RunSpec(adaptive_draft_length=True, arms=[{"name": "baseline", "adaptive_draft_length": False}])
+    assert len({spec, RunSpec(**spec.to_dict())}) == 1
+    assert spec.to_dict()["arms"] == [{"name": "baseline", "adaptive_draft_length": False}]
+    assert RunSpec(**spec.to_dict()) == spec

@@ -36,6 +36,10 @@ EXPECTED_IDS = [
     "scenario_a_code_completion", "scenario_b_chatbot", "scenario_c_high_throughput",
     "scenario_d_creative_writing",
 ]
+# The calibration grid every profile measures after the seed's 27 (`all` includes it).
+CALIBRATION_IDS = ["aa_run3_r36_t128_temp0.0_d10_within", "aa_run3_r36_t128_temp0.0_d10_engines",
+                   "overhead_run1_r36_t128_temp0.0_d10_thresh0.5"]
+ALL_IDS = EXPECTED_IDS + CALIBRATION_IDS
 
 
 ENV_VARS = ("TARGET_MODEL", "DRAFT_MODEL", "TENSOR_PARALLEL_SIZE")
@@ -64,9 +68,11 @@ def smoke():
     return _expanded("smoke")
 
 
-def test_full_has_exactly_the_27_ids():
-    assert [s.run_id for s in expand_all(["all"], "full")] == EXPECTED_IDS
+def test_full_has_exactly_the_27_ids_then_calibration():
+    assert [s.run_id for s in expand_all(["all"], "full")] == ALL_IDS
     assert len(set(EXPECTED_IDS)) == 27
+    seed_grids = ["adaptive_grid", "early_exit_grid", "oneoff_scenarios"]
+    assert [s.run_id for s in expand_all(seed_grids, "full")] == EXPECTED_IDS
 
 
 def test_expected_ids_follow_the_workload_tables():
@@ -77,12 +83,12 @@ def test_expected_ids_follow_the_workload_tables():
 
 
 def test_smoke_has_the_same_names():
-    assert [s.run_id for s in expand_all(["all"], "smoke")] == EXPECTED_IDS
+    assert [s.run_id for s in expand_all(["all"], "smoke")] == ALL_IDS
 
 
 def test_grids_and_order():
     specs = expand_all([], "full")
-    assert [s.grid for s in specs] == ["adaptive_grid"] * 16 + ["early_exit_grid"] * 7 + ["oneoff_scenarios"] * 4
+    assert [s.grid for s in specs] == ["adaptive_grid"] * 16 + ["early_exit_grid"] * 7 + ["oneoff_scenarios"] * 4 + ["calibration_grid"] * 3
     assert {s.profile for s in specs} == {"full"}
     assert [s.run_id for s in expand_all(["early_exit_grid"], "full")] == EXPECTED_IDS[16:23]
 
@@ -101,7 +107,9 @@ def test_full_run3_adaptive1(full):
     assert s.num_requests == 36
     assert s.max_new_tokens == 128
     assert s.measured_batches == 10
-    assert s.warmup_batches == 2
+    assert (s.warmup_batches, s.warmup_max_batches, s.warmup_window, s.warmup_tolerance) == (10, 30, 3, 0.1)
+    assert s.engine_instances == 3
+    assert s.arms == ({"name": "baseline", "adaptive_draft_length": False},)
     assert s.top_p == 0.9
     assert s.max_model_len == 4096
     assert s.tensor_parallel_size == 2
@@ -155,7 +163,9 @@ def test_smoke_scaling(full, smoke):
         assert s.max_new_tokens == math.ceil(f.max_new_tokens * 0.25), rid
         assert s.measured_batches == min(f.measured_batches, 3), rid
         assert s.measured_batches <= 3
-        assert s.warmup_batches == 1
+        assert (s.warmup_batches, s.warmup_max_batches, s.warmup_window, s.warmup_tolerance) == (2, 6, 2, 0.25)
+        assert s.engine_instances == (2 if s.grid == "calibration_grid" and rid.startswith("aa_") else 1), rid
+        assert s.arms == f.arms, rid
         assert s.prompt_set.startswith("builtin:"), rid
         assert (s.target_model, s.draft_model, s.tensor_parallel_size, s.max_model_len) == ("tiny", "tiny-eagle", 1, 512)
         assert s.ignore_eos is True
@@ -181,7 +191,7 @@ def test_target_model_env_override(monkeypatch):
     specs = expand_all(["all"], "full")
     assert {s.target_model for s in specs} == {"org/other-target"}
     assert {s.tensor_parallel_size for s in specs} == {4}
-    assert [s.run_id for s in specs] == EXPECTED_IDS
+    assert [s.run_id for s in specs] == ALL_IDS
 
 
 def test_explicit_overrides_win(monkeypatch):
@@ -210,7 +220,7 @@ def params(tmp_path):
 
 
 def test_copy_of_parameters_expands(params):
-    assert [s.run_id for s in expand_all(["all"], "full", parameters_dir=params)] == EXPECTED_IDS
+    assert [s.run_id for s in expand_all(["all"], "full", parameters_dir=params)] == ALL_IDS
 
 
 def test_malformed_yaml(params):
@@ -265,4 +275,49 @@ def test_out_of_range_value_names_run_and_field(params):
 
 
 def test_grids_constant():
-    assert GRIDS == ("adaptive_grid", "early_exit_grid", "oneoff_scenarios")
+    assert GRIDS == ("adaptive_grid", "early_exit_grid", "oneoff_scenarios", "calibration_grid")
+
+
+@pytest.mark.parametrize("profile", ["full", "gpu-smoke"])
+def test_gpu_profiles_replicate_and_warm_up_at_least_as_vllm_bench(profile):
+    # `vllm bench latency` warms up with 10 batches (--num-iters-warmup); the issue asks for >= 3 engines.
+    for s in _expanded(profile).values():
+        assert s.warmup_batches >= 10 and s.warmup_max_batches >= s.warmup_batches, s.run_id
+        assert s.engine_instances >= 3, s.run_id
+
+
+def test_every_run_with_a_feature_on_has_a_features_off_baseline(full):
+    for rid, s in full.items():
+        if s.grid == "calibration_grid":
+            continue
+        on = s.adaptive_draft_length or s.confidence_threshold > 0
+        if not on:
+            assert s.arms == (), rid
+            continue
+        (arm,) = s.arms
+        assert arm["name"] == "baseline", rid
+        assert arm.get("adaptive_draft_length", s.adaptive_draft_length) is False, rid
+        assert arm.get("confidence_threshold", s.confidence_threshold) == 0.0, rid
+        assert set(arm) <= {"name", "adaptive_draft_length", "confidence_threshold"}, rid
+
+
+def test_calibration_runs(full, smoke):
+    within, engines, overhead = (smoke[r] for r in CALIBRATION_IDS)
+    assert within.arms == ({"name": "baseline", "load_plugin": True},) and within.arm_design == "auto"
+    assert engines.arms == ({"name": "baseline"},) and engines.arm_design == "engines"
+    for s in (within, engines):
+        assert (s.adaptive_draft_length, s.confidence_threshold, s.num_speculative_tokens) == (False, 0.0, 10)
+        assert (s.num_requests, s.max_new_tokens, s.temperature) == (9, 32, 0.0)  # W3 at smoke scale
+    assert [a["name"] for a in overhead.arms] == ["stock", "plugin_off", "gate"]
+    assert overhead.confidence_threshold == 0.5 and not overhead.ncu
+    ee1 = full["run1_r36_t128_temp0.0_thresh0.0"]
+    o = full[CALIBRATION_IDS[2]]
+    assert (o.num_requests, o.max_new_tokens, o.temperature, o.num_speculative_tokens) == (
+        ee1.num_requests, ee1.max_new_tokens, ee1.temperature, ee1.num_speculative_tokens)
+
+
+def test_unknown_baseline_kind(params):
+    path = params / "adaptive_grid.yaml"
+    path.write_text(path.read_text().replace("baseline: features_off", "baseline: features_of"))
+    with pytest.raises(ConfigError, match="baseline must be one of features_off"):
+        expand_all(["adaptive_grid"], "full", parameters_dir=params)

@@ -65,7 +65,7 @@ def test_overwrite_replaces(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1"])
+@pytest.mark.parametrize("version", [0, 1, 3, None, "2"])
 def test_read_rejects_other_schema_version(tmp_path, version):
     doc = _doc()
     doc["schema_version"] = version
@@ -144,3 +144,36 @@ def test_seed_summary_missing_metrics_are_null():
     mode = seed_summary(RunSpec(), {}, None)["per_mode"][0]
     assert mode["mode"] == "adaptive0_thresh0.0"
     assert mode["latency_avg_s"] is None and mode["spec_acceptance_ratio"] is None and mode["ncu_metrics"] is None
+
+
+def test_seed_summary_counts_run_batches_over_instances():
+    spec = RunSpec(measured_batches=4, engine_instances=3, arms=[{"name": "baseline"}])
+    assert seed_summary(spec, METRICS, None)["per_mode"][0]["batches"] == 12
+
+
+def test_round_trip_of_design_and_replicates(tmp_path):
+    spec = RunSpec(run_id="r2", adaptive_draft_length=True, measured_batches=2, engine_instances=1,
+                   arms=[{"name": "baseline", "adaptive_draft_length": False}])
+    design = {"name": "within-engine", "engine_instances": 1, "groups": [["run", "baseline"]], "seed": 5,
+              "order": [{"instance": 0, "group": 0, "arms": ["run", "baseline"],
+                         "batches": ["run", "baseline", "baseline", "run"]}],
+              "arms": [{"name": "run", "group": 0, "plugin_loaded": True, "feature_impl": "nwor-plugin"},
+                       {"name": "baseline", "adaptive_draft_length": False, "group": 0, "plugin_loaded": True,
+                        "feature_impl": "none"}]}
+    replicate = {"instance": 0, "group": 0, "arms": ["run", "baseline"], "engine_start_s": 30.5,
+                 "warmup": {"rule": {"min_batches": 2, "max_batches": 6, "window": 2, "tolerance": 0.25},
+                            "series_s": [0.5, 0.3, 0.31, 0.3], "series_arms": ["run", "baseline"] * 2,
+                            "batches": 4, "ended_by": "stable"},
+                 "batches": [{"arm": a, "position": k, "latency_s": 0.3 + k / 100, "num_output_tokens": 96,
+                              "output_tokens_per_s": 96 / (0.3 + k / 100)}
+                             for k, a in enumerate(["run", "baseline", "baseline", "run"])],
+                 "counters": {"run": {"num_drafts": 9, "plugin": {"draft_length_histogram": {5: 3, 10: 6}}},
+                              "baseline": {"num_drafts": 8, "plugin": None}}}
+    doc = envelope(spec, "ok", metrics=dict(METRICS), design=design, replicates=[replicate])
+    back = read_result(write_result(tmp_path / "r2.json", doc))
+    assert back["design"] == design and back["schema_version"] == 2
+    # JSON object keys are strings: the histogram's lengths come back as "5", "10".
+    assert back["replicates"][0]["counters"]["run"]["plugin"]["draft_length_histogram"] == {"5": 3, "10": 6}
+    assert back["replicates"][0]["warmup"] == replicate["warmup"]
+    assert RunSpec(**back["spec"]) == spec
+    assert back["params_hash"] == spec.params_hash()

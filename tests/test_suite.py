@@ -66,7 +66,8 @@ def test_failed_with_other_params_is_stale(tmp_path):
     assert run_state(SPEC, root=tmp_path).status == "stale"
 
 
-@pytest.mark.parametrize("text", ['{"schema_version": 99, "status": "ok"}', "{broken"])
+@pytest.mark.parametrize("text", ['{"schema_version": 99, "status": "ok"}', "{broken",
+                                  '{"schema_version": 1, "status": "ok"}'])  # 1: before design/replicates
 def test_stale_on_other_schema_or_broken_json(tmp_path, text):
     path = _result_path(SPEC, tmp_path)
     path.parent.mkdir(parents=True)

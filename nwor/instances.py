@@ -1,0 +1,204 @@
+"""A run's engine instances: which engine each arm group gets, the planned order, and running it.
+
+One engine at a time: each instance starts its group's engine, warms it up (nwor.design.WarmupRule),
+runs its measured rounds (every arm of the group once per round, balanced order; the nwor plugin is
+reconfigured before every batch, so each batch starts as a fresh engine would: EWMA 0.5, counters zero),
+and releases the engine before the next instance starts.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, replace
+
+from nwor import bench, provenance
+from nwor import metrics as m
+from nwor.config import RunSpec, resolve_models
+from nwor.design import (RUN_ARM, Arm, arms_of, balanced_rounds, design_name, design_seed, group_arms,
+                         instance_order, plugin_config)
+from nwor.engine import effective_speculation, release_engine, start_engine
+from nwor.errors import FeatureUnavailable
+from nwor.features import Capability, FeaturePlan, plan_features
+from nwor.prompts import prompts_for
+
+
+@dataclass(frozen=True)
+class EngineSetup:
+    """How one group's engines start: the arm whose spec builds them, the plan, and whether the plugin loads."""
+
+    lead: str
+    plan: FeaturePlan
+    plugin_loaded: bool
+
+
+@dataclass(frozen=True)
+class Design:
+    name: str
+    arms: dict[str, Arm]
+    plans: dict[str, FeaturePlan]
+    groups: list[list[str]]
+    setups: list[EngineSetup]
+    instances: list[dict]  # {"instance", "group", "arms", "rounds": [[arm names per measured round]]}
+    seed: int
+    engine_instances: int
+
+    def to_dict(self) -> dict:
+        group_of = {name: g for g, names in enumerate(self.groups) for name in names}
+        arms = [{**arm.to_dict(), "group": group_of[name], "plugin_loaded": self.setups[group_of[name]].plugin_loaded,
+                 "feature_impl": self.plans[name].feature_impl} for name, arm in self.arms.items()]
+        order = [{"instance": i["instance"], "group": i["group"], "arms": i["arms"],
+                  "batches": [name for rnd in i["rounds"] for name in rnd]} for i in self.instances]
+        return {"name": self.name, "engine_instances": self.engine_instances, "groups": self.groups,
+                "order": order, "seed": self.seed, "arms": arms,
+                "rule": "arms differing only in nwor-plugin settings share an engine and alternate by batch; "
+                        "others get separate engines; orders are seeded permutations, then reversed (ABBA)"}
+
+
+def _native_switches(plan: FeaturePlan) -> dict:
+    """What the engine fixes at start besides the plugin's own variable (fork switches, speculative fields)."""
+    from nwor.plugin import ENV_VAR
+
+    return {**{k: v for k, v in plan.env.items() if k != ENV_VAR}, **{f"spec:{k}": v for k, v in
+                                                                     plan.speculative_config.items()}}
+
+
+def _setup(names: list[str], arms: dict[str, Arm], plans: dict[str, FeaturePlan], cap: Capability) -> EngineSetup:
+    needs_plugin = any(plans[n].uses_plugin or arms[n].load_plugin for n in names)
+    lead = next((n for n in names if plans[n].uses_plugin), names[0])
+    plan = plans[lead]
+    if needs_plugin and not plan.uses_plugin:
+        # Every arm has its features off but one asks for the plugin loaded: start it with its features off.
+        from nwor.plugin import ENV_VAR, PluginConfig
+
+        if not cap.plugin_supported:
+            raise FeatureUnavailable(f"arm {lead!r} asks for nwor's plugin loaded: {cap.plugin_reason}")
+        plan = replace(plan, env={**plan.env, ENV_VAR: PluginConfig().to_json()})
+    return EngineSetup(lead, plan, needs_plugin)
+
+
+def plan_design(spec: RunSpec, cap: Capability) -> Design:
+    """Arms, engine groups and the full order, decided before any engine starts.
+
+    Raises:
+        FeatureUnavailable: an arm needs a feature (or the plugin) this build cannot provide.
+        ConfigError: an arm is inconsistent (e.g. stock vLLM with a feature on).
+    """
+    arms = {a.name: a for a in arms_of(spec)}
+    plans = {name: plan_features(arm.spec, cap) for name, arm in arms.items()}
+    groups = group_arms(list(arms.values()), {n: _native_switches(p) for n, p in plans.items()}, spec.arm_design)
+    setups = [_setup(g, arms, plans, cap) for g in groups]
+    seed = design_seed(spec)
+    rng = random.Random(seed)
+    instances = [{"instance": i, "group": g, "arms": groups[g],
+                  "rounds": balanced_rounds(groups[g], spec.measured_batches, rng)}
+                 for i, g in enumerate(instance_order(groups, spec.engine_instances, rng))]
+    return Design(design_name(groups), arms, plans, groups, setups, instances, seed, spec.engine_instances)
+
+
+def _configurer(llm, plugin_loaded: bool):
+    if not plugin_loaded:
+        return None
+    from nwor import plugin
+
+    def configure(arm_spec: RunSpec) -> None:
+        plugin.configure(llm, plugin_config(arm_spec))
+    return configure
+
+
+def run_instances(spec: RunSpec, design: Design, *, profile_region: bool = False, on_batch=None) -> list[dict]:
+    """Start, measure and release every planned engine instance in order; one record per instance.
+
+    Each record is the replicate of the result JSON plus private keys (leading "_") that collect_arm reads.
+    """
+    loaded: dict[tuple, list[str]] = {}  # arms share their prompt set: load it once (hf: sets download)
+    prompts = {}
+    for name, arm in design.arms.items():
+        a = arm.spec
+        key = (a.prompt_set, a.prompt_min_chars, a.prompt_max_chars, a.prompt_shuffle_seed)
+        prompts[name] = loaded[key] if key in loaded else loaded.setdefault(key, prompts_for(a))
+    counts: dict[str, int] = {}  # measured batches so far per arm, across instances: the seed's batch index
+    records, set_keys = [], set()
+    for inst in design.instances:
+        setup = design.setups[inst["group"]]
+        for key in set_keys - set(setup.plan.env):
+            os.environ.pop(key, None)  # a previous instance's switches (e.g. the plugin's) must not leak
+        set_keys = set(setup.plan.env)
+        lead = design.arms[setup.lead].spec
+        started_utc = provenance.utc_now()
+        t0 = time.perf_counter()
+        llm = start_engine(lead, resolve_models(lead), setup.plan, profile_region=profile_region)
+        engine_start_s = time.perf_counter() - t0
+        try:
+            record = _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_region, on_batch)
+        finally:
+            release_engine(llm)
+        record.update(started_utc=started_utc, engine_start_s=engine_start_s, finished_utc=provenance.utc_now())
+        records.append(record)
+    return records
+
+
+def _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_region, on_batch) -> dict:
+    configure = _configurer(llm, setup.plugin_loaded)
+    effective = None
+    if RUN_ARM in inst["arms"]:
+        if configure:
+            configure(design.arms[RUN_ARM].spec)
+        effective = effective_speculation(llm, design.plans[RUN_ARM])
+    warmup = bench._warm_up(llm, spec, inst["arms"], {n: (design.arms[n].spec, prompts[n]) for n in inst["arms"]},
+                            configure)
+    raw = {n: {} for n in inst["arms"]}
+    plugin_totals = {n: None for n in inst["arms"]}
+    rows, results, requests = [], [], []
+    if profile_region:
+        llm.start_profile()
+    for r, rnd in enumerate(inst["rounds"]):
+        for name in rnd:
+            arm_spec = design.arms[name].spec
+            if configure:
+                configure(arm_spec)
+            before = m.snapshot(llm)
+            batch = counts.get(name, 0)
+            row, reqs = bench._timed_batch(llm, arm_spec, prompts[name], spec.warmup_batches + r, batch)
+            raw[name] = m.add(raw[name], m.diff(before, m.snapshot(llm)))
+            if setup.plugin_loaded:
+                from nwor import plugin
+
+                plugin_totals[name] = m.add_plugin_stats(plugin_totals[name], plugin.read_stats(llm))
+            counts[name] = batch + 1
+            rows.append({"arm": name, "position": len(rows), "round": r, "prompt_batch": spec.warmup_batches + r,
+                         "latency_s": row["latency_s"], "num_output_tokens": row["num_output_tokens"],
+                         "output_tokens_per_s": row["output_tokens_per_s"]})
+            if name == RUN_ARM:
+                place = {"instance": inst["instance"], "position": rows[-1]["position"], "round": r}
+                results.append({**row, **place})
+                requests.extend({**q, "instance": inst["instance"]} for q in reqs)
+                if on_batch:
+                    on_batch(batch, row["latency_s"])
+    if profile_region:
+        llm.stop_profile()
+    counters = {n: {**m.spec_decode_metrics(raw[n]), "plugin": plugin_totals[n]} for n in inst["arms"]}
+    return {"instance": inst["instance"], "group": inst["group"], "arms": inst["arms"],
+            "plugin_loaded": setup.plugin_loaded, "warmup": warmup, "batches": rows, "counters": counters,
+            "_raw": raw, "_plugin": plugin_totals, "_results": results, "_requests": requests,
+            "_effective": effective, "_gpu_memory_used_bytes": provenance.gpu_memory_used_bytes()}
+
+
+def public(record: dict) -> dict:
+    """The replicate as stored in the result JSON (private keys dropped)."""
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def collect_arm(records: list[dict], name: str) -> dict:
+    """One arm over every instance that measured it: the seed's rows, summed counters, plugin totals."""
+    mine = [r for r in records if name in r["arms"]]
+    raw, plugin_totals = {}, None
+    for r in mine:
+        raw = m.add(raw, r["_raw"][name])
+        if r["_plugin"][name] is not None:
+            plugin_totals = m.add_plugin_stats(plugin_totals, r["_plugin"][name])
+    memory = [r["_gpu_memory_used_bytes"] for r in mine if r["_gpu_memory_used_bytes"] is not None]
+    return {"results": [row for r in mine for row in r["_results"]],
+            "requests": [q for r in mine for q in r["_requests"]], "counters": raw, "plugin_stats": plugin_totals,
+            "plugin_loaded": mine[0]["plugin_loaded"], "effective": mine[0]["_effective"],
+            "engine_start_s": mine[0]["engine_start_s"], "gpu_memory_used_bytes": max(memory) if memory else None}
