@@ -2,8 +2,9 @@
 
 One engine at a time: each instance starts its group's engine, warms it up (nwor.design.WarmupRule),
 runs its measured rounds (every arm of the group once per round, balanced order; the nwor plugin is
-reconfigured before every batch, so each batch starts as a fresh engine would: EWMA 0.5, counters zero),
-and releases the engine before the next instance starts.
+reconfigured before every batch: counters zero, and each arm resumes its own acceptance EWMA where its
+previous batch in this engine left it, as an engine running only that arm would), and releases the engine
+before the next instance starts.
 """
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def _configurer(llm, plugin_loaded: bool):
     from nwor import plugin
 
     def configure(arm_spec: RunSpec) -> None:
-        plugin.configure(llm, plugin_config(arm_spec))
+        plugin.configure(llm, plugin_config(arm_spec), keep_controller=True)
     return configure
 
 

@@ -203,13 +203,17 @@ def reset_stats(llm) -> None:
     _call(llm, "reset")
 
 
-def configure(llm, config: PluginConfig) -> None:
-    """Switch a plugin-enabled engine to another config without restarting it (tests, sweeps).
+def configure(llm, config: PluginConfig, *, keep_controller: bool = False) -> None:
+    """Switch a plugin-enabled engine to another config without restarting it (tests, sweeps, arms).
 
-    Restarts the acceptance EWMA at 0.5 and zeroes the counters, as a fresh engine would. The engine must
-    have been started with the plugin on.
+    Zeroes the counters. The acceptance EWMA restarts at 0.5, as a fresh engine would, unless
+    `keep_controller` is set: then it resumes where this engine last left the same config, so arms that
+    alternate by batch each keep their own controller. The engine must have been started with the plugin on.
     """
-    _call(llm, "configure", json.loads(config.to_json()))
+    payload = json.loads(config.to_json())
+    if keep_controller:
+        payload["keep_controller"] = True
+    _call(llm, "configure", payload)
 
 
 def set_sync_check(llm, on: bool) -> dict:

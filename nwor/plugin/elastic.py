@@ -229,7 +229,9 @@ def _rpc(wrapper, op: str, payload: dict):
     if op == "reset":
         return drafter.nwor_reset()
     if op == "configure":
-        return drafter.nwor_configure(PluginConfig(**payload))
+        payload = dict(payload)
+        keep_controller = bool(payload.pop("keep_controller", False))
+        return drafter.nwor_configure(PluginConfig(**payload), keep_controller)
     if op == "sync_check":
         return checks.enable_sync_check(bool(payload["on"]))
     if op == "profile_start":

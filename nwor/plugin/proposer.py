@@ -219,10 +219,16 @@ def make_proposer_class(base, elastic):
             self.nwor_state.reset_counters()
             self._nwor_active_count.zero_()
 
-        def nwor_configure(self, config: PluginConfig) -> None:
+        def nwor_configure(self, config: PluginConfig, keep_controller: bool = False) -> None:
             self._nwor_check_supported(self.vllm_config, config)
+            # Each config's last EWMA, so within-engine arms (ABBA by batch) each keep their own controller
+            # as an engine running only that arm would, instead of restarting cold at every batch.
+            memory = self.__dict__.setdefault("_nwor_ewma_by_config", {})
+            memory[self.nwor_state.config.to_json()] = self.nwor_state.ewma
             # As a fresh engine starts: EWMA at its start value, counters zero, no acceptance pending.
             self.nwor_state = elastic.ElasticState(config, self._nwor_configured_num_speculative_tokens)
+            if keep_controller and config.to_json() in memory:
+                self.nwor_state.ewma = memory[config.to_json()]
             self._nwor_has_pending = False
             self._nwor_active_count.zero_()
 
