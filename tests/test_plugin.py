@@ -231,6 +231,16 @@ def test_configure_resets_state_and_switches_within_one_engine(engine_runs):
 
 
 @pytest.mark.engine
+def test_configure_keep_controller_resumes_each_configs_ewma(engine_runs):
+    _, plugin = engine_runs
+    # Within-engine arms alternate by batch; each must resume its own EWMA, not restart at 0.5.
+    assert plugin["resumed_adaptive"]["acceptance_rate_ewma"] == plugin["stats"]["adaptive_t1"]["acceptance_rate_ewma"]
+    assert plugin["resumed_adaptive"]["acceptance_rate_ewma"] != 0.5
+    assert plugin["resumed_both"]["acceptance_rate_ewma"] == plugin["stats"]["both_t0"]["acceptance_rate_ewma"]
+    assert plugin["resumed_adaptive"]["steps"] == 0 and plugin["resumed_adaptive"]["checks"] == 0
+
+
+@pytest.mark.engine
 def test_profiler_sees_the_gate_ranges(engine_runs):
     _, plugin = engine_runs
     ranges = plugin["profile"]["ranges"]
@@ -332,6 +342,12 @@ def _drive(mode: str, out_path: str) -> None:
             result["stats"][name]["vllm_delta"] = {k: after[k] - before.get(k, 0) for k in after}
             if temperature == 0.0:
                 result["outputs_t0"][name] = [list(t) for t in outputs]
+        # keep_controller: adaptive_t1's EWMA comes back after other configs ran; without it, 0.5 again.
+        plugin.configure(llm, PluginConfig(adaptive_draft_length=True), keep_controller=True)
+        result["resumed_adaptive"] = plugin.read_stats(llm)
+        plugin.configure(llm, PluginConfig(adaptive_draft_length=True, confidence_threshold=0.99),
+                         keep_controller=True)
+        result["resumed_both"] = plugin.read_stats(llm)
         plugin.set_sync_check(llm, False)
         # The profiler path the GPU trace script uses (scripts/profile_gate.py), on a gated batch.
         plugin.configure(llm, PluginConfig(confidence_threshold=1e-4))
