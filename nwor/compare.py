@@ -1,0 +1,266 @@
+"""Comparisons, the second stage of the report: arms within a run, runs paired across ids, the A/A band.
+
+Every comparison is a relative change of the mean batch latency (and output tokens/s) with an
+instance-aware interval from `nwor.stats.change_ci`. A run that measured a "baseline" arm is compared
+within itself (its own design: within-engine is paired, engines-interleaved is not); older single-arm
+results are paired across run ids, each JSON contributing its own engine instances. An A/A comparison
+(two arms of identical settings) gives the band of differences that noise alone produces; an effect whose
+interval overlaps the band of its design is "not established".
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from nwor import stats
+from nwor.analysis import Frames
+from nwor.stats import Estimate, first_present
+
+ACROSS_RUNS = "across runs"  # two result files, each its own engine instance(s), run one after the other
+# Which A/A band calibrates a design: separate engines, however ordered, vary like interleaved engines.
+BAND_OF = {"within-engine": "within-engine", "engines-interleaved": "engines-interleaved",
+           ACROSS_RUNS: "engines-interleaved"}
+METRICS = {"latency": "latency_s", "throughput": "output_tokens_per_s"}
+
+
+class Samples:
+    """Batch values of every (run id, arm), grouped by engine instance."""
+
+    def __init__(self, arm_batches: pd.DataFrame):
+        frame = arm_batches.copy()
+        missing = frame.output_tokens_per_s.isna()
+        frame.loc[missing, "output_tokens_per_s"] = frame.num_output_tokens[missing] / frame.latency_s[missing]
+        self._groups = {key: dict(tuple(g.groupby("instance", sort=True)))
+                        for key, g in frame.groupby(["run_id", "arm"], sort=False)}
+
+    def instances(self, run_id: str, arm: str) -> list:
+        return sorted(self._groups.get((run_id, arm), {}))
+
+    def values(self, run_id: str, arm: str, column: str) -> list[np.ndarray]:
+        groups = self._groups.get((run_id, arm), {})
+        return [groups[i][column].to_numpy(dtype=float) for i in sorted(groups)]
+
+    def has(self, run_id: str, arm: str) -> bool:
+        return (run_id, arm) in self._groups
+
+
+def reference_arm(arms: list) -> str | None:
+    """The arm others are compared with: "baseline" if measured, else the design's first arm."""
+    return "baseline" if "baseline" in arms else (arms[0] if arms else None)
+
+
+def change(samples: Samples, base: tuple[str, str], treat: tuple[str, str]) -> dict[str, Estimate]:
+    """Relative change % of each metric from arm `base` to arm `treat`, each a (run id, arm).
+
+    Paired (instances drawn once for both arms) when both arms were measured in the same engine instances.
+    """
+    paired = base[0] == treat[0] and samples.instances(*base) == samples.instances(*treat)
+    return {name: stats.change_ci(samples.values(*base, column), samples.values(*treat, column), paired=paired)
+            for name, column in METRICS.items()}
+
+
+def describe(estimate: Estimate, paired: bool) -> str:
+    """"3 paired instances, 30 vs 30 batches" or "3 vs 3 engine instances, 30 vs 30 batches"."""
+    batches = f"{estimate.n_baseline} vs {estimate.n_treatment} batches"
+    if paired:
+        return f"{estimate.instances_treatment} paired instances, {batches}"
+    return f"{estimate.instances_baseline} vs {estimate.instances_treatment} engine instances, {batches}"
+
+
+def within_run(frames: Frames, samples: Samples | None = None) -> pd.DataFrame:
+    """Every arm of every ok multi-arm run against its reference arm, one row each; `aa` marks A/A pairs.
+
+    Columns: grid, run_id, label, design, reference_arm, arm, aa, paired, instances, method and the
+    latency and throughput change % with their intervals.
+    """
+    samples = samples or Samples(frames.arm_batches)
+    rows = []
+    for run in frames.runs[frames.runs.status == "ok"].itertuples():
+        arms = [a for a in run.arms if samples.has(run.run_id, a)]
+        reference = reference_arm(arms)
+        for arm in arms:
+            if arm == reference:
+                continue
+            est = change(samples, (run.run_id, reference), (run.run_id, arm))
+            paired = samples.instances(run.run_id, reference) == samples.instances(run.run_id, arm)
+            row = {"grid": run.grid, "run_id": run.run_id, "label": run.label, "design": run.design,
+                   "reference_arm": reference, "arm": arm,
+                   "aa": run.arm_settings.get(arm) == run.arm_settings.get(reference), "paired": paired,
+                   "instances": describe(est["latency"], paired), "method": est["latency"].method}
+            for name, estimate in est.items():
+                put(row, f"{name}_change_pct", estimate)
+            rows.append(row)
+    columns = ["grid", "run_id", "label", "design", "reference_arm", "arm", "aa", "paired", "instances", "method"]
+    columns += [f"{m}_change_pct{s}" for m in METRICS for s in ("", "_ci_low", "_ci_high", "_note")]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def put(row: dict, name: str, estimate: Estimate, better: str | None = None, band=None) -> None:
+    """Write an estimate's value, interval, note (and verdict, if `better` is given) into `row`."""
+    row.update({name: estimate.value, f"{name}_ci_low": estimate.ci_low, f"{name}_ci_high": estimate.ci_high,
+                f"{name}_note": estimate.note})
+    if better is not None:
+        row[f"{name}_verdict"] = stats.verdict(estimate, better, band)
+
+
+def calibration(within: pd.DataFrame) -> pd.DataFrame:
+    """The A/A comparisons (two arms of identical settings), one row each, with their verdict against 0.
+
+    An A/A interval that excludes 0 is itself a finding: drift or an order effect the design did not cancel.
+    """
+    aa = within[within.aa.astype(bool)].copy()
+    for metric in METRICS:
+        name = f"{metric}_change_pct"
+        aa[f"{name}_verdict"] = [stats.verdict(Estimate(r[name], r[f"{name}_ci_low"], r[f"{name}_ci_high"],
+                                                        method=r.method, note=r[f"{name}_note"]), "lower")
+                                 .replace("improvement", "differs").replace("regression", "differs")
+                                 for _, r in aa.iterrows()]
+    return aa.reset_index(drop=True)
+
+
+def aa_band(aa: pd.DataFrame, design: str, metric: str = "latency") -> tuple[tuple[float, float] | None, str]:
+    """The A/A band (low, high) of `metric` change % that calibrates `design`, and a line saying which.
+
+    The band spans every instance-aware A/A interval of that design (the widest, to be safe).
+    """
+    band_design = BAND_OF.get(design)
+    name = f"{metric}_change_pct"
+    usable = aa[(aa.design == band_design) & aa[f"{name}_ci_low"].notna()
+                & (aa.method == stats.HIERARCHICAL)] if band_design else aa.iloc[0:0]
+    if usable.empty:
+        return None, f"no A/A calibration for {design} designs (no instance-aware {band_design or design} A/A run)"
+    low, high = float(usable[f"{name}_ci_low"].min()), float(usable[f"{name}_ci_high"].max())
+    return (low, high), f"A/A band {low:+.1f} to {high:+.1f}% ({band_design}, {', '.join(usable.run_id)})"
+
+
+def _negated(band):
+    return None if band is None else (-band[1], -band[0])
+
+
+def _compared(row: dict, samples: Samples, base: tuple, treat: tuple, design: str, aa: pd.DataFrame,
+              names: dict) -> None:
+    """Fill `row` with one comparison: names maps metric -> (column, sign, better)."""
+    est = change(samples, base, treat)
+    paired = base[0] == treat[0] and samples.instances(*base) == samples.instances(*treat)
+    row.update(design=design, method=est["latency"].method, instances=describe(est["latency"], paired))
+    notes = []
+    for metric, (column, sign, better) in names.items():
+        band, note = aa_band(aa, design, metric)
+        estimate = est[metric] if sign > 0 else est[metric].negated()
+        put(row, column, estimate, better, band if sign > 0 else _negated(band))
+        notes.append(note)
+    row["calibration"] = notes[0]
+
+
+ADAPTIVE = {"latency": ("latency_reduction_pct", -1, "higher"), "throughput": ("throughput_improvement_pct", 1, "higher")}
+EARLY_EXIT = {"latency": ("latency_overhead_pct", 1, "lower"), "throughput": ("throughput_change_pct", 1, "higher")}
+
+
+def _point_reduction(baseline, treatment) -> float:
+    if pd.isna(baseline) or pd.isna(treatment) or baseline == 0:
+        return math.nan
+    return -100 * (treatment - baseline) / baseline
+
+
+def _run_design(runs: pd.DataFrame, run_id) -> tuple[str | None, list]:
+    if run_id is None or run_id not in runs.index or runs.loc[run_id].status != "ok":
+        return None, []
+    return runs.loc[run_id].design, runs.loc[run_id].arms
+
+
+def compare_adaptive(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) -> pd.DataFrame:
+    """Adaptive draft length on vs off, one row per workload of `nwor.pairing.pair_adaptive`.
+
+    The adaptive-on run's own "baseline" arm (adaptive off) is used when it has one; otherwise its
+    "run" arm is compared with the adaptive-off run's across run ids. Draft-token reduction % is a point
+    value (`spec_num_draft_tokens` is one counter per run). `calibration` names the A/A band used.
+    """
+    samples, runs = Samples(frames.arm_batches), frames.runs.set_index("run_id")
+    rows = []
+    for _, pair in pairs.iterrows():
+        row = pair.to_dict()
+        for role in ("baseline", "treatment"):
+            run_id = row[f"{role}_run_id"]
+            run = runs.loc[run_id] if run_id in runs.index else None
+            for key in ("spec_num_draft_tokens", "draft_acceptance_rate", "feature_impl", "vllm"):
+                row[f"{role}_{key}"] = None if run is None else run[key]
+        row["vllm"] = " / ".join(sorted({str(row[f"{r}_vllm"]) for r in ("baseline", "treatment")
+                                         if row[f"{r}_vllm"] is not None}))
+        row["feature_impl"] = f"{row['baseline_feature_impl']} vs {row['treatment_feature_impl']}"
+        treat_design, treat_arms = _run_design(runs, pair.treatment_run_id)
+        if "baseline" in treat_arms and samples.has(pair.treatment_run_id, "baseline"):
+            _compared(row, samples, (pair.treatment_run_id, "baseline"), (pair.treatment_run_id, "run"),
+                      treat_design, aa, ADAPTIVE)
+            row.update(status="ok", comparison="within run")
+        elif pair.status == "ok":
+            _compared(row, samples, (pair.baseline_run_id, "run"), (pair.treatment_run_id, "run"), ACROSS_RUNS,
+                      aa, ADAPTIVE)
+            row["comparison"] = "across runs"
+        else:
+            row["latency_reduction_pct_verdict"] = row["throughput_improvement_pct_verdict"] = (
+                f"not compared: {pair.status}")
+        row["draft_token_reduction_pct"] = _point_reduction(row["baseline_spec_num_draft_tokens"],
+                                                            row["treatment_spec_num_draft_tokens"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compare_early_exit(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) -> pd.DataFrame:
+    """Confidence early exit: one row per early-exit run, baselines (threshold 0.0) included.
+
+    Latency overhead % and throughput change % come from the run's own threshold-0.0 "baseline" arm when
+    it has one, else from the paired threshold-0.0 run (`nwor.pairing.pair_early_exit`). DRAM write
+    reduction % is a point value against the paired run (ncu gives one region total per run), and
+    `dram_reason` says why it is missing.
+    """
+    samples, runs = Samples(frames.arm_batches), frames.runs[frames.runs.grid == "early_exit_grid"]
+    by_id, by_treatment = runs.set_index("run_id"), pairs.set_index("treatment_run_id") if len(pairs) else None
+    rows = []
+    for _, run in runs.sort_values(["label", "confidence_threshold"]).iterrows():
+        row = {key: run.get(key) for key in ("label", "run_id", "status", "reason", "confidence_threshold",
+                                             "temperature", "max_tokens", "dram_bytes_write", "tokens_stopped",
+                                             "stop_pct", "early_exit_reason", "feature_impl", "vllm")}
+        row["role"] = "baseline" if run.confidence_threshold == 0.0 else "treatment"
+        row["dram_reason"] = None if pd.notna(run.dram_bytes_write) else first_present(
+            run.reason, f"ncu {run.get('ncu_status')}: {run.get('ncu_reason')}")
+        pair = by_treatment.loc[run.run_id] if row["role"] == "treatment" else None
+        if pair is not None:
+            row.update(baseline_run_id=pair.baseline_run_id, pair_status=pair.status, pair_reason=pair.reason)
+        if row["role"] == "treatment" and run.status == "ok" and "baseline" in run.arms \
+                and samples.has(run.run_id, "baseline"):
+            _compared(row, samples, (run.run_id, "baseline"), (run.run_id, "run"), run.design, aa, EARLY_EXIT)
+            row["comparison"] = "within run"
+        elif pair is not None and pair.status == "ok":
+            _compared(row, samples, (pair.baseline_run_id, "run"), (run.run_id, "run"), ACROSS_RUNS, aa,
+                      EARLY_EXIT)
+            row["comparison"] = "across runs"
+        if pair is not None and pair.status == "ok":
+            base = by_id.loc[pair.baseline_run_id]
+            row["dram_write_reduction_pct"] = _point_reduction(base.dram_bytes_write, run.dram_bytes_write)
+            row["dram_write_saved_bytes"] = (base.dram_bytes_write - run.dram_bytes_write
+                                             if pd.notna(row["dram_write_reduction_pct"]) else math.nan)
+            if pd.isna(row["dram_write_reduction_pct"]):
+                row["dram_reason"] = first_present(row["dram_reason"], f"baseline {base.name}: ncu "
+                                                   f"{base.ncu_status}: {base.ncu_reason}")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compare_arms(within: pd.DataFrame, aa: pd.DataFrame, grid: str = "calibration_grid") -> pd.DataFrame:
+    """Each non-A/A arm of a grid's multi-arm runs against the reference arm (e.g. plugin overhead vs stock).
+
+    Latency overhead % (> 0 is slower) and throughput change %, with verdicts against the design's A/A band.
+    """
+    rows = []
+    for _, r in within[(within.grid == grid) & ~within.aa.astype(bool)].iterrows():
+        row = {k: r[k] for k in ("run_id", "label", "design", "reference_arm", "arm", "instances", "method")}
+        for metric, (column, _, better) in EARLY_EXIT.items():
+            band, note = aa_band(aa, r.design, metric)
+            estimate = Estimate(r[f"{metric}_change_pct"], r[f"{metric}_change_pct_ci_low"],
+                                r[f"{metric}_change_pct_ci_high"], method=r.method, note=r[f"{metric}_change_pct_note"])
+            put(row, column, estimate, better, band)
+            row.setdefault("calibration", note)
+        rows.append(row)
+    return pd.DataFrame(rows)
