@@ -88,11 +88,13 @@ def within_run(frames: Frames, samples: Samples | None = None) -> pd.DataFrame:
             row = {"grid": run.grid, "run_id": run.run_id, "label": run.label, "design": run.design,
                    "reference_arm": reference, "arm": arm,
                    "aa": run.arm_settings.get(arm) == run.arm_settings.get(reference), "paired": paired,
-                   "instances": describe(est["latency"], paired), "method": est["latency"].method}
+                   "instances": describe(est["latency"], paired), "method": est["latency"].method,
+                   "feature_impl": run.feature_impl, "vllm": run.vllm}
             for name, estimate in est.items():
                 put(row, f"{name}_change_pct", estimate)
             rows.append(row)
-    columns = ["grid", "run_id", "label", "design", "reference_arm", "arm", "aa", "paired", "instances", "method"]
+    columns = ["grid", "run_id", "label", "design", "reference_arm", "arm", "aa", "paired", "instances", "method",
+               "feature_impl", "vllm"]
     columns += [f"{m}_change_pct{s}" for m in METRICS for s in ("", "_ci_low", "_ci_high", "_note")]
     return pd.DataFrame(rows, columns=columns)
 
@@ -144,7 +146,10 @@ def _compared(row: dict, samples: Samples, base: tuple, treat: tuple, design: st
     """Fill `row` with one comparison: names maps metric -> (column, sign, better)."""
     est = change(samples, base, treat)
     paired = base[0] == treat[0] and samples.instances(*base) == samples.instances(*treat)
-    row.update(design=design, method=est["latency"].method, instances=describe(est["latency"], paired))
+    row.update(design=design, method=est["latency"].method, instances=describe(est["latency"], paired),
+               samples_baseline=base, samples_treatment=treat, paired=paired)
+    for role, key in (("baseline", base), ("treatment", treat)):
+        put(row, f"{role}_latency_s", stats.mean_ci(samples.values(*key, "latency_s")))
     notes = []
     for metric, (column, sign, better) in names.items():
         band, note = aa_band(aa, design, metric)
@@ -225,6 +230,8 @@ def compare_early_exit(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) ->
         row["role"] = "baseline" if run.confidence_threshold == 0.0 else "treatment"
         row["dram_reason"] = None if pd.notna(run.dram_bytes_write) else first_present(
             run.reason, f"ncu {run.get('ncu_status')}: {run.get('ncu_reason')}")
+        if samples.has(run.run_id, "run"):
+            put(row, "latency_s", stats.mean_ci(samples.values(run.run_id, "run", "latency_s")))
         pair = by_treatment.loc[run.run_id] if row["role"] == "treatment" else None
         if pair is not None:
             row.update(baseline_run_id=pair.baseline_run_id, pair_status=pair.status, pair_reason=pair.reason)
@@ -255,7 +262,8 @@ def compare_arms(within: pd.DataFrame, aa: pd.DataFrame, grid: str = "calibratio
     """
     rows = []
     for _, r in within[(within.grid == grid) & ~within.aa.astype(bool)].iterrows():
-        row = {k: r[k] for k in ("run_id", "label", "design", "reference_arm", "arm", "instances", "method")}
+        row = {k: r[k] for k in ("run_id", "label", "design", "reference_arm", "arm", "instances", "method",
+                                 "feature_impl", "vllm")}
         for metric, (column, _, better) in EARLY_EXIT.items():
             band, note = aa_band(aa, r.design, metric)
             estimate = Estimate(r[f"{metric}_change_pct"], r[f"{metric}_change_pct_ci_low"],

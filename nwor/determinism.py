@@ -10,11 +10,12 @@ from nwor.pairing import pair_adaptive, pair_early_exit
 def count_differing(base: dict, treat: dict) -> tuple[int, int]:
     """(compared, differing) outputs of two runs, given {batch: [output hash, ...]} for each.
 
-    Outputs are matched by batch and position (both runs see the same prompts in the same order);
-    a request present in one run only counts as differing.
+    Outputs are matched by batch and position (both runs see the same prompts in the same order); a
+    request missing from one side of a batch both runs measured counts as differing. Batches only one run
+    measured are not compared: designs measure different numbers of batches per arm.
     """
     compared = differ = 0
-    for batch in sorted(set(base) | set(treat)):
+    for batch in sorted(set(base) & set(treat)):
         b, t = base.get(batch, []), treat.get(batch, [])
         compared += max(len(b), len(t))
         differ += sum(x != y for x, y in zip(b, t)) + abs(len(b) - len(t))

@@ -1,0 +1,68 @@
+"""Named views: the columns each report table shows, so the notebook names a table instead of listing columns.
+
+Each view takes one frame of `nwor.analysis`, `nwor.compare` or `nwor.findings` and returns its columns in
+reading order; a column a frame lacks (e.g. nothing was compared) shows as empty rather than failing.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+
+def _ci(name: str) -> list[str]:
+    return [name, f"{name}_ci_low", f"{name}_ci_high", f"{name}_verdict"]
+
+
+def _view(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return frame.reindex(columns=columns).reset_index(drop=True)
+
+
+def runs(frames) -> pd.DataFrame:
+    """One row per run, in grid order: status, reason, design and headline measurements."""
+    columns = ["grid", "run_id", "label", "status", "reason", "design", "engine_instances", "arms", "warmup",
+               "adaptive", "confidence_threshold", "temperature", "max_tokens", "n_batches", "latency_avg_s",
+               "output_tokens_per_s", "spec_num_draft_tokens", "draft_acceptance_rate", "dram_bytes_write",
+               "stop_pct", "feature_impl", "vllm"]
+    return _view(frames.runs.sort_values(["grid", "run_id"]), columns)
+
+
+def not_measured(frames) -> pd.DataFrame:
+    """Runs that are not `ok` (failed, refused, missing, unreadable), with the reason."""
+    return _view(frames.runs[frames.runs.status != "ok"].sort_values(["grid", "run_id"]),
+                 ["grid", "run_id", "status", "reason"])
+
+
+def calibration(aa: pd.DataFrame) -> pd.DataFrame:
+    """The A/A comparisons: design, instances, method, latency and throughput change with intervals."""
+    return _view(aa, ["run_id", "design", "arm", "reference_arm", "instances", "method",
+                      *_ci("latency_change_pct"), *_ci("throughput_change_pct")])
+
+
+def adaptive_latency(adaptive: pd.DataFrame) -> pd.DataFrame:
+    """Adaptive on vs off per workload: how it was compared, and latency and throughput with verdicts."""
+    return _view(adaptive, ["label", "status", "reason", "comparison", "design", "instances",
+                            *_ci("latency_reduction_pct"), *_ci("throughput_improvement_pct"), "calibration"])
+
+
+def adaptive_draft_tokens(adaptive: pd.DataFrame) -> pd.DataFrame:
+    """Draft tokens and acceptance rate of adaptive off and on per workload (one counter per run)."""
+    return _view(adaptive, ["label", "status", "baseline_spec_num_draft_tokens", "treatment_spec_num_draft_tokens",
+                            "draft_token_reduction_pct", "baseline_draft_acceptance_rate",
+                            "treatment_draft_acceptance_rate"])
+
+
+def early_exit(early_exit: pd.DataFrame) -> pd.DataFrame:
+    """Early-exit runs: pairing, DRAM writes, tokens stopped and latency overhead with its verdict."""
+    return _view(early_exit, ["label", "confidence_threshold", "role", "status", "comparison", "design", "instances",
+                              "pair_status", "pair_reason", "dram_bytes_write", "dram_write_reduction_pct",
+                              "dram_reason", "stop_pct", *_ci("latency_overhead_pct"), "calibration"])
+
+
+def arms(arms: pd.DataFrame) -> pd.DataFrame:
+    """Arms compared with a reference arm in one run (e.g. the plugin's overhead against stock vLLM)."""
+    return _view(arms, ["run_id", "arm", "reference_arm", "design", "instances", "method",
+                        *_ci("latency_overhead_pct"), *_ci("throughput_change_pct"), "calibration"])
+
+
+def skipped(frames) -> pd.DataFrame:
+    """Result files that could not be read, and why (they are left out of every comparison)."""
+    return frames.skipped
