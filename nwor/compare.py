@@ -23,6 +23,7 @@ ACROSS_RUNS = "across runs"  # two result files, each its own engine instance(s)
 BAND_OF = {"within-engine": "within-engine", "engines-interleaved": "engines-interleaved",
            ACROSS_RUNS: "engines-interleaved"}
 METRICS = {"latency": "latency_s", "throughput": "output_tokens_per_s"}
+UNCALIBRATED = "(no A/A band)"
 
 
 class Samples:
@@ -100,11 +101,16 @@ def within_run(frames: Frames, samples: Samples | None = None) -> pd.DataFrame:
 
 
 def put(row: dict, name: str, estimate: Estimate, better: str | None = None, band=None) -> None:
-    """Write an estimate's value, interval, note (and verdict, if `better` is given) into `row`."""
+    """Write an estimate's value, interval, note (and verdict, if `better` is given) into `row`.
+
+    A verdict of improvement or regression made without an A/A band says so: nothing calibrated it.
+    """
     row.update({name: estimate.value, f"{name}_ci_low": estimate.ci_low, f"{name}_ci_high": estimate.ci_high,
                 f"{name}_note": estimate.note})
     if better is not None:
-        row[f"{name}_verdict"] = stats.verdict(estimate, better, band)
+        verdict = stats.verdict(estimate, better, band)
+        row[f"{name}_verdict"] = f"{verdict} {UNCALIBRATED}" if band is None and verdict in (
+            "improvement", "regression") else verdict
 
 
 def calibration(within: pd.DataFrame) -> pd.DataFrame:
@@ -130,7 +136,7 @@ def aa_band(aa: pd.DataFrame, design: str, metric: str = "latency") -> tuple[tup
     band_design = BAND_OF.get(design)
     name = f"{metric}_change_pct"
     usable = aa[(aa.design == band_design) & aa[f"{name}_ci_low"].notna()
-                & (aa.method == stats.HIERARCHICAL)] if band_design else aa.iloc[0:0]
+                & (aa.method == stats.HIERARCHICAL)] if band_design and not aa.empty else aa.iloc[0:0]
     if usable.empty:
         return None, f"no A/A calibration for {design} designs (no instance-aware {band_design or design} A/A run)"
     low, high = float(usable[f"{name}_ci_low"].min()), float(usable[f"{name}_ci_high"].max())

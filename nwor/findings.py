@@ -11,7 +11,7 @@ import pandas as pd
 
 from nwor import stats
 from nwor.analysis import Frames
-from nwor.compare import Samples, aa_band
+from nwor.compare import UNCALIBRATED, Samples, aa_band
 from nwor.stats import Estimate, first_present
 
 MAX_LATENCY_OVERHEAD_PCT = 2.0  # an early exit that may cost more latency than this is not worth its bandwidth
@@ -77,8 +77,11 @@ def key_numbers(frames: Frames, aa: pd.DataFrame, adaptive: pd.DataFrame, early_
             estimate, band, note = _mean_over_workloads(frames, compared, column, aa)
             estimate = estimate.negated() if sign < 0 else estimate
             band = band if band is None or sign > 0 else (-band[1], -band[0])
+            verdict = stats.verdict(estimate, "higher", band)
+            if band is None and verdict in ("improvement", "regression"):
+                verdict = f"{verdict} {UNCALIBRATED}"
             add(f"adaptive.mean.{key}", f"adaptive: {key}, unweighted mean of {len(compared)} workloads", estimate,
-                stats.verdict(estimate, "higher", band), f"{note}; {left_out}",
+                verdict, f"{note}; {left_out}",
                 ", ".join(sorted(set(compared.design))),
                 f"{estimate.instances_baseline} vs {estimate.instances_treatment} instances in all")
     for r in adaptive.itertuples():
@@ -185,7 +188,7 @@ def recommend(adaptive: pd.DataFrame, early_exit: pd.DataFrame, determinism: pd.
             choice, why = "no recommendation", first_present(r.reason, verdict)
         elif r.treatment_run_id in differs:
             choice, why = "off", f"outputs differ from adaptive off at temperature 0; latency reduction {latency}"
-        elif verdict == "improvement":
+        elif str(verdict).startswith("improvement"):
             choice, why = "on", (f"latency reduction {latency}, throughput {_fmt_ci(r, 'throughput_improvement_pct')}"
                                  f", draft tokens {_fmt(-r.draft_token_reduction_pct)}; {r.instances}")
         else:
@@ -196,26 +199,3 @@ def recommend(adaptive: pd.DataFrame, early_exit: pd.DataFrame, determinism: pd.
     return pd.DataFrame(rows, columns=["workload", "temperature", "adaptive_draft_length", "adaptive_reason",
                                        "confidence_threshold", "threshold_reason"])
 
-
-def calibration_summary(aa: pd.DataFrame) -> str:
-    """One Markdown paragraph the report opens with: each design's A/A band, or that there is none."""
-    if aa.empty:
-        return ("**No A/A run in this profile.** Nothing below is calibrated against the spread two identical "
-                "arms show, so no effect can be called established; run the calibration grid.")
-    lines = [f"- **{r.design}** ({r.run_id}, {r.instances}): A/A latency change {_fmt_ci(r, 'latency_change_pct')}"
-             f", {r.latency_change_pct_verdict}" for r in aa.itertuples()]
-    return ("**A/A calibration** (two arms of identical settings, analysed like any comparison; method: "
-            f"{aa.method.iloc[0]}):\n" + "\n".join(lines)
-            + "\n\nAn effect whose interval overlaps its design's A/A band is marked *not established*.")
-
-
-def run_summary(frames: Frames) -> str:
-    """One Markdown line: how many runs were measured, and a loud warning when none was."""
-    runs = frames.runs
-    counts = ", ".join(f"{n} {status}" for status, n in runs.status.value_counts().items())
-    ok = int((runs.status == "ok").sum())
-    if ok == 0:
-        return (f"**No run was measured** ({counts}): every table below lists the runs with their reasons, and "
-                "no comparison has data.")
-    skipped = f" {len(frames.skipped)} result file(s) could not be read and are listed below." if len(frames.skipped) else ""
-    return f"**{ok} of {len(runs)} runs measured** ({counts}).{skipped}"

@@ -66,3 +66,34 @@ def arms(arms: pd.DataFrame) -> pd.DataFrame:
 def skipped(frames) -> pd.DataFrame:
     """Result files that could not be read, and why (they are left out of every comparison)."""
     return frames.skipped
+
+
+def _interval(row, name: str) -> str:
+    value, low, high = (getattr(row, f"{name}{s}") for s in ("", "_ci_low", "_ci_high"))
+    return "n/a" if pd.isna(value) else f"{value:+.1f}%" + ("" if pd.isna(low) else f" (95% CI {low:+.1f} to {high:+.1f})")
+
+
+def run_summary(frames) -> str:
+    """One Markdown line: how many runs were measured, and a loud warning when none was."""
+    runs = frames.runs
+    counts = ", ".join(f"{n} {status}" for status, n in runs.status.value_counts().items())
+    ok = int((runs.status == "ok").sum())
+    if ok == 0:
+        return (f"**No run was measured** ({counts}): every table below lists the runs with their reasons, and "
+                "no comparison has data.")
+    skipped = f" {len(frames.skipped)} result file(s) could not be read and are listed below." if len(frames.skipped) else ""
+    return f"**{ok} of {len(runs)} runs measured** ({counts}).{skipped}"
+
+
+def calibration_summary(aa: pd.DataFrame) -> str:
+    """One Markdown paragraph the report opens with: each design's A/A band, or that there is none."""
+    if aa.empty:
+        return ("**No A/A run in this profile.** No effect below is calibrated against the spread two identical "
+                "arms show: verdicts only compare intervals with 0, and say *(no A/A band)*. Run the calibration "
+                "grid before quoting any effect.")
+    lines = [f"- **{r.design}** ({r.run_id}, {r.instances}): A/A latency change {_interval(r, 'latency_change_pct')}"
+             f", {r.latency_change_pct_verdict}" for r in aa.itertuples()]
+    return ("**A/A calibration** (two arms of identical settings, analysed like any comparison; method: "
+            f"{aa.method.iloc[0]}):\n" + "\n".join(lines)
+            + "\n\nAn effect whose interval overlaps its design's A/A band is marked *not established*.")
+
