@@ -169,6 +169,17 @@ ADAPTIVE = {"latency": ("latency_reduction_pct", -1, "higher"), "throughput": ("
 EARLY_EXIT = {"latency": ("latency_overhead_pct", 1, "lower"), "throughput": ("throughput_change_pct", 1, "higher")}
 
 
+def _with_columns(rows: list[dict], first: list[str], names: dict) -> pd.DataFrame:
+    # Every comparison column exists even when nothing could be compared (e.g. every run failed).
+    columns = first + ["comparison", "design", "instances", "method", "calibration", "paired", "samples_baseline",
+                       "samples_treatment", "baseline_latency_s", "baseline_latency_s_ci_low",
+                       "baseline_latency_s_ci_high", "treatment_latency_s", "treatment_latency_s_ci_low",
+                       "treatment_latency_s_ci_high"]
+    columns += [f"{column}{s}" for column, _, _ in names.values() for s in ("", "_ci_low", "_ci_high", "_note", "_verdict")]
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=list(dict.fromkeys(columns + list(frame.columns))))
+
+
 def _point_reduction(baseline, treatment) -> float:
     if pd.isna(baseline) or pd.isna(treatment) or baseline == 0:
         return math.nan
@@ -215,7 +226,7 @@ def compare_adaptive(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) -> p
         row["draft_token_reduction_pct"] = _point_reduction(row["baseline_spec_num_draft_tokens"],
                                                             row["treatment_spec_num_draft_tokens"])
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _with_columns(rows, list(pairs.columns) + ["draft_token_reduction_pct"], ADAPTIVE)
 
 
 def compare_early_exit(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) -> pd.DataFrame:
@@ -258,7 +269,11 @@ def compare_early_exit(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) ->
                 row["dram_reason"] = first_present(row["dram_reason"], f"baseline {base.name}: ncu "
                                                    f"{base.ncu_status}: {base.ncu_reason}")
         rows.append(row)
-    return pd.DataFrame(rows)
+    first = ["label", "role", "confidence_threshold", "run_id", "status", "reason", "baseline_run_id", "pair_status",
+             "pair_reason", "latency_s", "latency_s_ci_low", "latency_s_ci_high", "dram_bytes_write",
+             "dram_write_saved_bytes", "dram_write_reduction_pct", "dram_reason", "tokens_stopped", "stop_pct",
+             "early_exit_reason", "temperature", "max_tokens", "feature_impl", "vllm"]
+    return _with_columns(rows, first, EARLY_EXIT)
 
 
 def compare_arms(within: pd.DataFrame, aa: pd.DataFrame, grid: str = "calibration_grid") -> pd.DataFrame:
@@ -277,4 +292,5 @@ def compare_arms(within: pd.DataFrame, aa: pd.DataFrame, grid: str = "calibratio
             put(row, column, estimate, better, band)
             row.setdefault("calibration", note)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _with_columns(rows, ["run_id", "label", "design", "reference_arm", "arm", "instances", "method",
+                                "feature_impl", "vllm"], EARLY_EXIT)

@@ -19,8 +19,7 @@ MAX_LATENCY_OVERHEAD_PCT = 2.0  # an early exit that may cost more latency than 
 
 def acceptance_correlation(adaptive: pd.DataFrame) -> stats.Correlation:
     """Pearson r between a workload's baseline acceptance rate and its latency reduction % (compared rows)."""
-    ok = adaptive[adaptive.get("latency_reduction_pct", pd.Series(dtype=float)).notna()
-                  & adaptive.baseline_draft_acceptance_rate.notna()] if len(adaptive) else adaptive
+    ok = adaptive[adaptive.latency_reduction_pct.notna() & adaptive.baseline_draft_acceptance_rate.notna()]
     if len(ok) == 0:
         return stats.Correlation(math.nan, math.nan, math.nan, math.nan, 0, note="no correlation: 0 pairs")
     return stats.correlation_ci(ok.baseline_draft_acceptance_rate.astype(float),
@@ -67,8 +66,7 @@ def key_numbers(frames: Frames, aa: pd.DataFrame, adaptive: pd.DataFrame, early_
             add(f"calibration.{r.run_id}.{metric}_change_pct", f"A/A {metric} change %, {r.design}",
                 _estimate(r, f"{metric}_change_pct"), getattr(r, f"{metric}_change_pct_verdict"),
                 f"{r.run_id}: arm {r.arm} vs {r.reference_arm}, identical settings", r.design, r.instances)
-    compared = adaptive[adaptive.get("latency_reduction_pct", pd.Series(dtype=float)).notna()] \
-        if len(adaptive) else adaptive
+    compared = adaptive[adaptive.latency_reduction_pct.notna()]
     left_out = "; ".join(f"{r.label} left out ({first_present(r.reason, r.status)})"
                          for r in adaptive.itertuples() if r.Index not in compared.index) or "none left out"
     for key, column, sign in (("latency_reduction_pct", "latency_s", -1),

@@ -103,9 +103,14 @@ def plot_latency_by_workload(adaptive: pd.DataFrame, numbers: pd.DataFrame | Non
         if column in adaptive:
             left.barh(y + offset, adaptive[column], height=0.4, xerr=error_bars(adaptive, column), capsize=2,
                       color=COLORS[ON_OFF[flag]], label=ON_OFF[flag])
-    left.set(yticks=y, yticklabels=adaptive.label, xscale="log", xlabel="mean batch latency (s, log scale)")
-    left.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-    left.xaxis.set_minor_formatter(ticker.NullFormatter())
+    left.set(yticks=y, yticklabels=adaptive.label, xlabel="mean batch latency (s, log scale)")
+    if adaptive[["baseline_latency_s", "treatment_latency_s"]].notna().any().any():
+        left.set_xscale("log")  # a log axis needs one positive value
+        left.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        left.xaxis.set_minor_formatter(ticker.NullFormatter())
+    else:
+        left.text(0.5, 0.5, "no data (no workload was compared)", ha="center", va="center",
+                  transform=left.transAxes, color="0.4")
     left.set_ylim(len(adaptive) - 0.5, -0.5)  # every workload keeps its row, measured or not (inverted)
     left.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=8, frameon=False)
     measured = adaptive.latency_reduction_pct.notna()
