@@ -7,6 +7,7 @@ Frames: `runs` (one row per run; failed, refused, missing and unreadable ones wi
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,6 @@ import pandas as pd
 
 from nwor.errors import SchemaError
 from nwor.results import STATUSES, read_result
-from nwor.stats import first_present
-
 logger = logging.getLogger(__name__)
 
 DRAM_WRITE = "dram__bytes_write.sum"
@@ -32,6 +31,11 @@ ADAPTIVE_ID = re.compile(r"^run(?P<workload_number>\d+)_r(?P<num_prompts>\d+)_t(
                          r"_adaptive(?P<adaptive>[01])$")
 EARLY_EXIT_ID = re.compile(r"^run(?P<run_number>\d+)_r(?P<num_prompts>\d+)_t(?P<max_tokens>\d+)"
                            r"_temp(?P<temperature>\d+(?:\.\d+)?)_thresh(?P<confidence_threshold>\d+(?:\.\d+)?)$")
+
+
+def first_present(*values):
+    """The first value that is neither None nor NaN (pandas turns a missing reason into NaN), else None."""
+    return next((v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))), None)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from nwor import stats
-from nwor.analysis import Frames
-from nwor.stats import Estimate, first_present
+from nwor.analysis import Frames, first_present
+from nwor.stats import Estimate
 
 ACROSS_RUNS = "across runs"  # two result files, each its own engine instance(s), run one after the other
 # Which A/A band calibrates a design: separate engines, however ordered, vary like interleaved engines.
@@ -165,7 +165,9 @@ def _compared(row: dict, samples: Samples, base: tuple, treat: tuple, design: st
     row["calibration"] = notes[0]
 
 
-ADAPTIVE = {"latency": ("latency_reduction_pct", -1, "higher"), "throughput": ("throughput_improvement_pct", 1, "higher")}
+# metric -> (column, sign of the column relative to the change %, which direction is better)
+ADAPTIVE = {"latency": ("latency_reduction_pct", -1, "higher"),
+            "throughput": ("throughput_improvement_pct", 1, "higher")}
 EARLY_EXIT = {"latency": ("latency_overhead_pct", 1, "lower"), "throughput": ("throughput_change_pct", 1, "higher")}
 
 
@@ -175,7 +177,8 @@ def _with_columns(rows: list[dict], first: list[str], names: dict) -> pd.DataFra
                        "samples_treatment", "baseline_latency_s", "baseline_latency_s_ci_low",
                        "baseline_latency_s_ci_high", "treatment_latency_s", "treatment_latency_s_ci_low",
                        "treatment_latency_s_ci_high"]
-    columns += [f"{column}{s}" for column, _, _ in names.values() for s in ("", "_ci_low", "_ci_high", "_note", "_verdict")]
+    columns += [f"{column}{s}" for column, _, _ in names.values()
+                for s in ("", "_ci_low", "_ci_high", "_note", "_verdict")]
     frame = pd.DataFrame(rows)
     return frame.reindex(columns=list(dict.fromkeys(columns + list(frame.columns))))
 

@@ -10,9 +10,9 @@ import math
 import pandas as pd
 
 from nwor import stats
-from nwor.analysis import Frames
+from nwor.analysis import Frames, first_present
 from nwor.compare import UNCALIBRATED, Samples, aa_band
-from nwor.stats import Estimate, first_present
+from nwor.stats import Estimate
 
 MAX_LATENCY_OVERHEAD_PCT = 2.0  # an early exit that may cost more latency than this is not worth its bandwidth
 
@@ -117,10 +117,11 @@ def key_numbers(frames: Frames, aa: pd.DataFrame, adaptive: pd.DataFrame, early_
             _estimate(r, "latency_overhead_pct"), r.latency_overhead_pct_verdict, f"{r.run_id}; {r.calibration}",
             r.design, r.instances)
     differs = determinism[determinism.status == "differs"]
+    n_compared = int(determinism.status.isin(["identical", "differs"]).sum())
     add("determinism.pairs_differing", "determinism: temperature-0 pairs whose outputs differ",
         Estimate(float(len(differs))), "finding: investigate" if len(differs) else "all identical",
         "; ".join(f"{r.treatment_run_id}: {r.reason}" for r in differs.itertuples())
-        or f"output_hashes compared request by request in {int(determinism.status.isin(['identical', 'differs']).sum())} pairs")
+        or f"output_hashes compared request by request in {n_compared} pairs")
     not_ok = frames.runs[frames.runs.status != "ok"]
     add("runs.not_measured", "runs not measured", Estimate(float(len(not_ok))), "see basis" if len(not_ok) else "none",
         "; ".join(f"{r.run_id}: {r.reason}" for r in not_ok.itertuples()) or "all ok",

@@ -67,10 +67,10 @@ def render_report(profile: str, root: str | Path | None = None) -> Path:
     try:
         executed = staging / "report.ipynb"
         try:
+            parameters = {"profile": profile, "outputs_root": relative_path(profile_dir.parent),
+                          "report_folder": relative_path(staging)}
             papermill.execute_notebook(relative_path(REPORT_NOTEBOOK), relative_path(executed),
-                                       kernel_name="python3", progress_bar=False,
-                                       parameters={"profile": profile, "outputs_root": relative_path(profile_dir.parent),
-                                                   "report_folder": relative_path(staging)})
+                                       kernel_name="python3", progress_bar=False, parameters=parameters)
         except papermill.PapermillExecutionError as err:
             for stale in staging.iterdir():  # figures of a failed render are incomplete
                 if stale != executed:

@@ -70,11 +70,6 @@ class Correlation:
     note: str | None = None
 
 
-def first_present(*values):
-    """The first value that is neither None nor NaN (pandas turns a missing reason into NaN), else None."""
-    return next((v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))), None)
-
-
 def _samples(values, name: str) -> np.ndarray:
     array = np.asarray(values, dtype=float)
     if array.ndim != 1 or array.size == 0:
@@ -119,19 +114,19 @@ def _two_stage_means(values: np.ndarray, counts: np.ndarray, picked: np.ndarray,
     return out
 
 
-def _student_scale(draws: np.ndarray, value: float, variance: float, df: float, confidence: float) -> float:
-    """The factor that widens hierarchical draws around `value` to Student's t on the instance means.
+def _scaled(draws: np.ndarray, value: float, variance: float, df: float, confidence: float) -> np.ndarray:
+    """Hierarchical draws widened around `value` to Student's t on the instance means.
 
-    Resampling few engines sees a variance (n-1)/n too small and a normal tail where t applies (3 engines
-    would cover ~80 % instead of 95 %); resampling batches again inside each drawn engine counts batch noise
-    twice (over-covering when batches dominate). Scaling the draws' spread to the delta-method variance
-    of the ratio of instance means, at t(df), keeps the bootstrap's shape and gives nominal coverage.
+    Resampling few engines sees a variance (n-1)/n too small and a normal tail where t applies, so it
+    under-covers; resampling batches again inside each drawn engine counts batch noise twice (over-covering
+    when batches dominate). Scaling the draws' spread to the variance of the estimate from instance means,
+    at t(df), keeps the bootstrap's shape and gives nominal coverage (tests/test_stats.py simulates it).
     """
     spread = float(np.std(draws))
     if spread == 0 or variance == 0:
-        return 0.0
+        return np.full_like(draws, value)
     t = scipy_stats.t.ppf(0.5 + confidence / 2, df)
-    return t * math.sqrt(variance) / (scipy_stats.norm.ppf(0.5 + confidence / 2) * spread)
+    return value + t * math.sqrt(variance) / (scipy_stats.norm.ppf(0.5 + confidence / 2) * spread) * (draws - value)
 
 
 def _ratio_variance(means_b: np.ndarray, means_t: np.ndarray, paired: bool) -> tuple[float, float]:
@@ -188,8 +183,7 @@ def _change_draws(baseline: Instances, treatment: Instances, paired: bool, rng: 
     draws_b, draws_t = _two_stage_means(vb, cb, picked_b, rng), _two_stage_means(vt, ct, picked_t, rng)
     draws = 100 * (draws_t - draws_b) / draws_b
     variance, df = _ratio_variance(np.array([x.mean() for x in b]), np.array([x.mean() for x in t]), paired)
-    k = _student_scale(draws, value, variance, df, confidence)
-    return Estimate(value, **counts, method=HIERARCHICAL), value + k * (draws - value)
+    return Estimate(value, **counts, method=HIERARCHICAL), _scaled(draws, value, variance, df, confidence)
 
 
 def change_ci(baseline: Instances, treatment: Instances, *, paired: bool = False, n_resamples: int = N_RESAMPLES,
@@ -216,7 +210,8 @@ def change_ci(baseline: Instances, treatment: Instances, *, paired: bool = False
             return estimate
         low, high = batch_change_ci(flat_b, flat_t, n_resamples=n_resamples, seed=seed, confidence=confidence)[1:3]
         return replace(estimate, ci_low=low, ci_high=high)
-    return replace(estimate, ci_low=_interval(draws, confidence)[0], ci_high=_interval(draws, confidence)[1])
+    low, high = _interval(draws, confidence)
+    return replace(estimate, ci_low=low, ci_high=high)
 
 
 def batch_change_ci(baseline, treatment, *, n_resamples: int = N_RESAMPLES, seed: int = SEED,
@@ -240,7 +235,7 @@ def batch_change_ci(baseline, treatment, *, n_resamples: int = N_RESAMPLES, seed
 
 def mean_ci(instances: Instances, *, n_resamples: int = N_RESAMPLES, seed: int = SEED,
             confidence: float = CONFIDENCE) -> Estimate:
-    """The mean of instance means of one arm, with a hierarchical percentile interval (none below 2 instances).
+    """The mean of instance means of one arm, with a hierarchical interval (none below 2 instances).
 
     Raises:
         ValueError: no instances, an empty instance, or non-finite values.
@@ -252,7 +247,9 @@ def mean_ci(instances: Instances, *, n_resamples: int = N_RESAMPLES, seed: int =
                         note=f"no CI: {len(x)} engine instance")
     rng = np.random.default_rng(seed)
     draws = _two_stage_means(*_padded(x), rng.integers(0, len(x), size=(n_resamples, len(x))), rng)
-    low, high = _interval(draws, confidence)
+    means = np.array([b.mean() for b in x])
+    low, high = _interval(_scaled(draws, value, float(np.var(means, ddof=1)) / len(x), len(x) - 1, confidence),
+                          confidence)
     return Estimate(value, low, high, 0, n, 0, len(x), HIERARCHICAL)
 
 

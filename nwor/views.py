@@ -70,7 +70,9 @@ def skipped(frames) -> pd.DataFrame:
 
 def _interval(row, name: str) -> str:
     value, low, high = (getattr(row, f"{name}{s}") for s in ("", "_ci_low", "_ci_high"))
-    return "n/a" if pd.isna(value) else f"{value:+.1f}%" + ("" if pd.isna(low) else f" (95% CI {low:+.1f} to {high:+.1f})")
+    if pd.isna(value):
+        return "n/a"
+    return f"{value:+.1f}%" + ("" if pd.isna(low) else f" (95% CI {low:+.1f} to {high:+.1f})")
 
 
 def run_summary(frames) -> str:
@@ -81,7 +83,8 @@ def run_summary(frames) -> str:
     if ok == 0:
         return (f"**No run was measured** ({counts}): every table below lists the runs with their reasons, and "
                 "no comparison has data.")
-    skipped = f" {len(frames.skipped)} result file(s) could not be read and are listed below." if len(frames.skipped) else ""
+    skipped = (f" {len(frames.skipped)} result file(s) could not be read and are listed below."
+               if len(frames.skipped) else "")
     return f"**{ok} of {len(runs)} runs measured** ({counts}).{skipped}"
 
 

@@ -1,4 +1,4 @@
-"""Tests for nwor.analysis (loading and named views) on the synthetic fixture results, and the report notebook's shape."""
+"""Tests for nwor.analysis (loading and named views) on the fixture results, and the report notebook's shape."""
 from __future__ import annotations
 
 import ast
