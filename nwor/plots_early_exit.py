@@ -5,15 +5,17 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from nwor.compare import aa_band
 from nwor.findings import MAX_LATENCY_OVERHEAD_PCT
 from nwor.plots import error_bars, finish, no_data, reason_of
 
 
-def plot_threshold_tradeoff(early_exit: pd.DataFrame) -> plt.Figure:
+def plot_threshold_tradeoff(early_exit: pd.DataFrame, aa: pd.DataFrame | None = None) -> plt.Figure:
     """DRAM write bytes and latency vs confidence threshold, and DRAM saving vs latency overhead.
 
     Args:
         early_exit: `nwor.compare.compare_early_exit` output.
+        aa: optional `nwor.compare.calibration` output; the A/A band of the overheads' design is shaded.
     """
     sns.set_theme(style="whitegrid")
     fig, (dram, latency, trade) = plt.subplots(1, 3, figsize=(16, 5))
@@ -46,10 +48,13 @@ def plot_threshold_tradeoff(early_exit: pd.DataFrame) -> plt.Figure:
             trade.annotate(f"{row.confidence_threshold} ({row.label})", (row.latency_overhead_pct,
                            row.dram_write_reduction_pct), xytext=(4, 4), textcoords="offset points", fontsize=7)
         trade.axvline(0, color="0.5", lw=1)
+        band = aa_band(aa, pairs.design.dropna().iloc[0])[0] if aa is not None and pairs.design.notna().any() else None
+        if band is not None:
+            trade.axvspan(*band, color="0.5", alpha=0.25, label=f"A/A band ({pairs.design.dropna().iloc[0]})")
         trade.axvline(MAX_LATENCY_OVERHEAD_PCT, color="tab:red", lw=1, ls="--",
                       label=f"recommendation limit +{MAX_LATENCY_OVERHEAD_PCT}%")
         trade.legend(fontsize=8, loc="lower right")
-    trade.set(xlabel="latency overhead vs threshold 0.0 (%, 95% CI)", ylabel="DRAM write reduction (%)")
+    trade.set(xlabel="latency overhead vs threshold 0.0 (%, instance-aware 95% CI)", ylabel="DRAM write reduction (%)")
     return finish(fig, early_exit, "Confidence early exit: bandwidth savings vs latency")
 
 

@@ -91,7 +91,7 @@ def run_summary(frames) -> str:
 def calibration_summary(aa: pd.DataFrame) -> str:
     """One Markdown paragraph the report opens with: each design's A/A band, or that there is none."""
     if aa.empty:
-        return ("**No A/A run in this profile.** No effect below is calibrated against the spread two identical "
+        return ("**No A/A run was measured in this profile.** No effect below is calibrated against the spread two identical "
                 "arms show: verdicts only compare intervals with 0, and say *(no A/A band)*. Run the calibration "
                 "grid before quoting any effect.")
     lines = [f"- **{r.design}** ({r.run_id}, {r.instances}): A/A latency change {_interval(r, 'latency_change_pct')}"

@@ -57,7 +57,7 @@ def test_without_an_aa_run_the_report_says_so_first(tmp_path):
     frames, aa, adaptive, early_exit, arms, same = pipeline(tmp_path, "smoke")
     numbers = findings.key_numbers(frames, aa, adaptive, early_exit, arms, same)
     assert numbers.iloc[0].key == "calibration.none" and numbers.iloc[0].verdict.startswith("NO A/A RUN")
-    assert views.calibration_summary(aa).startswith("**No A/A run in this profile.**")
+    assert views.calibration_summary(aa).startswith("**No A/A run was measured in this profile.**")
     verdicts = adaptive.latency_reduction_pct_verdict.dropna()
     assert verdicts.str.contains("improvement").any()
     assert all(v.endswith("(no A/A band)") for v in verdicts if v.startswith(("improvement", "regression")))

@@ -50,7 +50,7 @@ def figures(profile: str) -> dict:
         "acceptance_per_position": plots.plot_acceptance_per_position(
             analysis.acceptance_per_position(frames, "adaptive_grid")),
         "acceptance_vs_improvement": plots.plot_acceptance_vs_improvement(adaptive),
-        "threshold_tradeoff": plots_early_exit.plot_threshold_tradeoff(early_exit),
+        "threshold_tradeoff": plots_early_exit.plot_threshold_tradeoff(early_exit, aa),
         "tokens_stopped": plots_early_exit.plot_tokens_stopped(early_exit),
     }
 
