@@ -6,6 +6,7 @@ Frames: `runs` (one row per run; failed, refused, missing and unreadable ones wi
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -16,11 +17,12 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from nwor.errors import SchemaError
-from nwor.results import STATUSES, read_result
+from nwor.results import SCHEMA_VERSION, STATUSES, read_result
 logger = logging.getLogger(__name__)
 
 DRAM_WRITE = "dram__bytes_write.sum"
 LEGACY = "single-arm (older result without replicates: one engine instance assumed)"
+OLDER_VERSIONS = tuple(v for v in (1,) if v != SCHEMA_VERSION)  # schema versions written before replicates
 INT_COLUMNS = ("workload_number", "num_prompts", "max_tokens", "num_speculative_tokens", "n_batches",
                "engine_instances", "spec_num_draft_tokens", "num_drafts", "num_draft_tokens", "num_accepted_tokens",
                "tokens_stopped", "early_exit_checks")
@@ -76,7 +78,10 @@ def read_run(path: str | Path) -> dict:
             `ok` run without `results`, `metrics` or `summary.per_mode[0]`; replicates without arm or latency.
     """
     path = Path(path)
-    doc = read_result(path)
+    try:
+        doc = read_result(path)
+    except SchemaError as err:
+        doc = _older_result(path, err)
     if doc.get("status") not in STATUSES or doc.get("run_id") != path.stem:
         raise SchemaError(f"{path}: status {doc.get('status')!r} (allowed {STATUSES}) and run_id "
                           f"{doc.get('run_id')!r} must match the file name", path=str(path))
@@ -91,11 +96,29 @@ def read_run(path: str | Path) -> dict:
     return doc
 
 
+def _older_result(path: Path, error: SchemaError) -> dict:
+    """A result of a schema version before `replicates` (`OLDER_VERSIONS`), read as one engine instance.
+
+    `read_result` reads only the current version (the runner reruns older ones as stale); a report still
+    shows them, flagged `LEGACY`. Anything else re-raises `read_result`'s error.
+    """
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise error from None
+    if not isinstance(doc, dict) or doc.get("schema_version") not in OLDER_VERSIONS or doc.get("replicates"):
+        raise error
+    return doc
+
+
 def arm_batches(doc: dict) -> list[dict]:
-    """One row per measured batch of every arm and instance; an older result is instance 0, arm "run"."""
+    """One row per measured batch of every arm and instance; an older result is instance 0, arm "run".
+
+    `instance` is the replicate's index (engines in start order), unique within a run whatever the numbering.
+    """
     base = {"run_id": doc["run_id"], "grid": doc.get("grid"), "design": design_name(doc)}
     if doc.get("replicates"):
-        return [{**base, "instance": r.get("instance", i), "arm": b["arm"], "position": b.get("position"),
+        return [{**base, "instance": i, "arm": b["arm"], "position": b.get("position"),
                  "latency_s": b["latency_s"], "num_output_tokens": b.get("num_output_tokens"),
                  "output_tokens_per_s": b.get("output_tokens_per_s")}
                 for i, r in enumerate(doc["replicates"]) for b in r.get("batches") or []]
@@ -223,6 +246,8 @@ def load_profile(outputs_root: str | Path, profile: str,
             runs.append(_placeholder(path.stem, path.parent.name, profile, "unreadable", f"unreadable: {reason}"))
             continue
         runs.append({**row, "path": shown})
+        if doc["status"] != "ok":
+            continue  # a run that did not finish has no measurements to compare
         arms += arm_batches(doc)
         for result in doc.get("results") or []:
             batches.append({"run_id": doc["run_id"], "grid": doc.get("grid"),

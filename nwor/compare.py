@@ -48,16 +48,44 @@ class Samples:
 
 
 def reference_arm(arms: list) -> str | None:
-    """The arm others are compared with: "baseline" if measured, else the design's first arm."""
-    return "baseline" if "baseline" in arms else (arms[0] if arms else None)
+    """The arm others are compared with: "baseline" if measured, else "stock" (vLLM without nwor), else the first."""
+    return next((name for name in ("baseline", "stock") if name in arms), arms[0] if arms else None)
+
+
+def arm_pairs(samples: Samples, run_id: str, arms: list[str]) -> list[tuple[str, str]]:
+    """(reference, arm) comparisons of a multi-arm run.
+
+    Every arm against the run's reference arm; and inside an engine group that does not hold the reference,
+    every arm against that group's own reference ("plugin_off" if there, else its first arm), paired, so
+    that e.g. the confidence gate's cost is also measured within one engine rather than only across engines.
+    """
+    reference = reference_arm(arms)
+    pairs = [(reference, arm) for arm in arms if arm != reference]
+    groups: dict[tuple, list[str]] = {}
+    for arm in arms:  # arms measured by the same engine instances share a group
+        groups.setdefault(tuple(samples.instances(run_id, arm)), []).append(arm)
+    for group in groups.values():
+        if reference not in group and len(group) > 1:
+            local = "plugin_off" if "plugin_off" in group else group[0]
+            pairs += [(local, arm) for arm in group if arm != local]
+    return pairs
+
+
+def comparison_design(samples: Samples, base: tuple[str, str], treat: tuple[str, str]) -> tuple[str, bool]:
+    """(design, paired) of comparing arm `base` with arm `treat`, each a (run id, arm).
+
+    Within one run: "within-engine" when both arms ran in the same engine instances (paired), else
+    "engines-interleaved". Two runs: `ACROSS_RUNS`, unpaired.
+    """
+    if base[0] != treat[0]:
+        return ACROSS_RUNS, False
+    paired = samples.instances(*base) == samples.instances(*treat)
+    return ("within-engine" if paired else "engines-interleaved"), paired
 
 
 def change(samples: Samples, base: tuple[str, str], treat: tuple[str, str]) -> dict[str, Estimate]:
-    """Relative change % of each metric from arm `base` to arm `treat`, each a (run id, arm).
-
-    Paired (instances drawn once for both arms) when both arms were measured in the same engine instances.
-    """
-    paired = base[0] == treat[0] and samples.instances(*base) == samples.instances(*treat)
+    """Relative change % of each metric from arm `base` to arm `treat`, each a (run id, arm)."""
+    paired = comparison_design(samples, base, treat)[1]
     return {name: stats.change_ci(samples.values(*base, column), samples.values(*treat, column), paired=paired)
             for name, column in METRICS.items()}
 
@@ -80,15 +108,12 @@ def within_run(frames: Frames, samples: Samples | None = None) -> pd.DataFrame:
     rows = []
     for run in frames.runs[frames.runs.status == "ok"].itertuples():
         arms = [a for a in run.arms if samples.has(run.run_id, a)]
-        reference = reference_arm(arms)
-        for arm in arms:
-            if arm == reference:
-                continue
+        for reference, arm in arm_pairs(samples, run.run_id, arms):
             est = change(samples, (run.run_id, reference), (run.run_id, arm))
-            paired = samples.instances(run.run_id, reference) == samples.instances(run.run_id, arm)
-            row = {"grid": run.grid, "run_id": run.run_id, "label": run.label, "design": run.design,
-                   "reference_arm": reference, "arm": arm,
-                   "aa": run.arm_settings.get(arm) == run.arm_settings.get(reference), "paired": paired,
+            design, paired = comparison_design(samples, (run.run_id, reference), (run.run_id, arm))
+            row = {"grid": run.grid, "run_id": run.run_id, "label": run.label, "design": design,
+                   "reference_arm": reference, "arm": arm, "paired": paired,
+                   "aa": _settings(run.arm_settings, arm) == _settings(run.arm_settings, reference),
                    "instances": describe(est["latency"], paired), "method": est["latency"].method,
                    "feature_impl": run.feature_impl, "vllm": run.vllm}
             for name, estimate in est.items():
@@ -98,6 +123,12 @@ def within_run(frames: Frames, samples: Samples | None = None) -> pd.DataFrame:
                "feature_impl", "vllm"]
     columns += [f"{m}_change_pct{s}" for m in METRICS for s in ("", "_ci_low", "_ci_high", "_note")]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _settings(arm_settings: dict, arm: str) -> dict | None:
+    # What an arm measures; its engine group and display label are bookkeeping, not settings.
+    settings = arm_settings.get(arm)
+    return None if settings is None else {k: v for k, v in settings.items() if k not in ("group", "label")}
 
 
 def put(row: dict, name: str, estimate: Estimate, better: str | None = None, band=None) -> None:
@@ -147,11 +178,10 @@ def _negated(band):
     return None if band is None else (-band[1], -band[0])
 
 
-def _compared(row: dict, samples: Samples, base: tuple, treat: tuple, design: str, aa: pd.DataFrame,
-              names: dict) -> None:
+def _compared(row: dict, samples: Samples, base: tuple, treat: tuple, aa: pd.DataFrame, names: dict) -> None:
     """Fill `row` with one comparison: names maps metric -> (column, sign, better)."""
     est = change(samples, base, treat)
-    paired = base[0] == treat[0] and samples.instances(*base) == samples.instances(*treat)
+    design, paired = comparison_design(samples, base, treat)
     row.update(design=design, method=est["latency"].method, instances=describe(est["latency"], paired),
                samples_baseline=base, samples_treatment=treat, paired=paired)
     for role, key in (("baseline", base), ("treatment", treat)):
@@ -189,12 +219,6 @@ def _point_reduction(baseline, treatment) -> float:
     return -100 * (treatment - baseline) / baseline
 
 
-def _run_design(runs: pd.DataFrame, run_id) -> tuple[str | None, list]:
-    if run_id is None or run_id not in runs.index or runs.loc[run_id].status != "ok":
-        return None, []
-    return runs.loc[run_id].design, runs.loc[run_id].arms
-
-
 def compare_adaptive(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) -> pd.DataFrame:
     """Adaptive draft length on vs off, one row per workload of `nwor.pairing.pair_adaptive`.
 
@@ -214,14 +238,12 @@ def compare_adaptive(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) -> p
         row["vllm"] = " / ".join(sorted({str(row[f"{r}_vllm"]) for r in ("baseline", "treatment")
                                          if row[f"{r}_vllm"] is not None}))
         row["feature_impl"] = f"{row['baseline_feature_impl']} vs {row['treatment_feature_impl']}"
-        treat_design, treat_arms = _run_design(runs, pair.treatment_run_id)
-        if "baseline" in treat_arms and samples.has(pair.treatment_run_id, "baseline"):
-            _compared(row, samples, (pair.treatment_run_id, "baseline"), (pair.treatment_run_id, "run"),
-                      treat_design, aa, ADAPTIVE)
+        if pd.notna(pair.treatment_run_id) and samples.has(pair.treatment_run_id, "baseline"):
+            _compared(row, samples, (pair.treatment_run_id, "baseline"), (pair.treatment_run_id, "run"), aa,
+                      ADAPTIVE)
             row.update(status="ok", comparison="within run")
         elif pair.status == "ok":
-            _compared(row, samples, (pair.baseline_run_id, "run"), (pair.treatment_run_id, "run"), ACROSS_RUNS,
-                      aa, ADAPTIVE)
+            _compared(row, samples, (pair.baseline_run_id, "run"), (pair.treatment_run_id, "run"), aa, ADAPTIVE)
             row["comparison"] = "across runs"
         else:
             row["latency_reduction_pct_verdict"] = row["throughput_improvement_pct_verdict"] = (
@@ -255,13 +277,11 @@ def compare_early_exit(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) ->
         pair = by_treatment.loc[run.run_id] if row["role"] == "treatment" else None
         if pair is not None:
             row.update(baseline_run_id=pair.baseline_run_id, pair_status=pair.status, pair_reason=pair.reason)
-        if row["role"] == "treatment" and run.status == "ok" and "baseline" in run.arms \
-                and samples.has(run.run_id, "baseline"):
-            _compared(row, samples, (run.run_id, "baseline"), (run.run_id, "run"), run.design, aa, EARLY_EXIT)
+        if row["role"] == "treatment" and samples.has(run.run_id, "baseline"):
+            _compared(row, samples, (run.run_id, "baseline"), (run.run_id, "run"), aa, EARLY_EXIT)
             row["comparison"] = "within run"
         elif pair is not None and pair.status == "ok":
-            _compared(row, samples, (pair.baseline_run_id, "run"), (run.run_id, "run"), ACROSS_RUNS, aa,
-                      EARLY_EXIT)
+            _compared(row, samples, (pair.baseline_run_id, "run"), (run.run_id, "run"), aa, EARLY_EXIT)
             row["comparison"] = "across runs"
         if pair is not None and pair.status == "ok":
             base = by_id.loc[pair.baseline_run_id]
