@@ -11,7 +11,7 @@ import pandas as pd
 
 from nwor import stats
 from nwor.analysis import Frames, first_present
-from nwor.compare import UNCALIBRATED, Samples, aa_band
+from nwor.arms import UNCALIBRATED, Samples, aa_band
 from nwor.stats import Estimate
 
 MAX_LATENCY_OVERHEAD_PCT = 2.0  # an early exit that may cost more latency than this is not worth its bandwidth

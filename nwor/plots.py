@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from nwor.compare import aa_band
+from nwor.arms import aa_band
 from nwor.findings import acceptance_correlation
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def plot_latency_by_workload(adaptive: pd.DataFrame, numbers: pd.DataFrame | Non
     Args:
         adaptive: `nwor.compare.compare_adaptive` output.
         numbers: optional `nwor.findings.key_numbers` output; its across-workload mean is drawn as a band.
-        aa: optional `nwor.compare.calibration` output; the A/A band of the comparisons' design is shaded.
+        aa: optional `nwor.arms.calibration` output; the A/A band of the comparisons' design is shaded.
     """
     average = None
     if numbers is not None and MEAN_KEY in set(numbers.key):
@@ -231,7 +231,7 @@ def plot_calibration(aa: pd.DataFrame, arms: pd.DataFrame | None = None) -> plt.
     """The A/A differences with their intervals, per design, and the plugin-overhead arms against that band.
 
     Args:
-        aa: `nwor.compare.calibration` output (one row per A/A comparison).
+        aa: `nwor.arms.calibration` output (one row per A/A comparison).
         arms: optional `nwor.compare.compare_arms` output (e.g. plugin arms vs stock).
     """
     sns.set_theme(style="whitegrid")

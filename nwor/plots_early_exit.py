@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from nwor.compare import aa_band
+from nwor.arms import aa_band
 from nwor.findings import MAX_LATENCY_OVERHEAD_PCT
 from nwor.plots import error_bars, finish, no_data, reason_of
 
@@ -15,7 +15,7 @@ def plot_threshold_tradeoff(early_exit: pd.DataFrame, aa: pd.DataFrame | None = 
 
     Args:
         early_exit: `nwor.compare.compare_early_exit` output.
-        aa: optional `nwor.compare.calibration` output; the A/A band of the overheads' design is shaded.
+        aa: optional `nwor.arms.calibration` output; the A/A band of the overheads' design is shaded.
     """
     sns.set_theme(style="whitegrid")
     fig, (dram, latency, trade) = plt.subplots(1, 3, figsize=(16, 5))

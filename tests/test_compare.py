@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nwor import analysis, compare, determinism, pairing, stats
+from nwor import analysis, arms, compare, determinism, pairing, stats
 
 RESULTS = Path(__file__).parent / "fixtures" / "results"
 EXACT = 1e-9
@@ -18,8 +18,8 @@ EXACT = 1e-9
 @functools.lru_cache(maxsize=None)
 def compared(profile: str):
     frames = analysis.load_profile(RESULTS, profile)
-    within = compare.within_run(frames)
-    aa = compare.calibration(within)
+    within = arms.within_run(frames)
+    aa = arms.calibration(within)
     return (frames, within, aa, compare.compare_adaptive(frames, pairing.pair_adaptive(frames.runs), aa),
             compare.compare_early_exit(frames, pairing.pair_early_exit(frames.runs), aa))
 
@@ -45,7 +45,7 @@ def tiny_frames(baseline, treatment, design="within-engine"):
 def test_within_engine_comparison_hand_computed():
     frames = tiny_frames([[1, 1], [2, 2]], [[0.9, 0.9], [1.8, 1.8]])
     row = compare.compare_adaptive(frames, pairing.pair_adaptive(frames.runs), pd.DataFrame(
-        columns=compare.within_run(frames).columns)).iloc[0]
+        columns=arms.within_run(frames).columns)).iloc[0]
     assert row.comparison == "within run" and row.design == "within-engine" and bool(row.paired)
     assert row.latency_reduction_pct == pytest.approx(10.0, abs=EXACT)
     assert row.latency_reduction_pct_ci_low == pytest.approx(10.0, abs=EXACT)  # the engine spread cancels
@@ -60,10 +60,10 @@ def test_aa_runs_and_the_band_they_give():
     _, within, aa, *_ = compared("full")
     assert set(aa.run_id) == {"aa_within_engine", "aa_engines_interleaved"}
     assert not within[within.run_id == "plugin_overhead"].aa.any()  # arms with other settings are no A/A
-    band, note = compare.aa_band(aa, "within-engine")
+    band, note = arms.aa_band(aa, "within-engine")
     row = aa.set_index("run_id").loc["aa_within_engine"]
     assert band == (row.latency_change_pct_ci_low, row.latency_change_pct_ci_high) and "aa_within_engine" in note
-    assert compare.aa_band(aa, compare.ACROSS_RUNS)[0] == compare.aa_band(aa, "engines-interleaved")[0]
+    assert arms.aa_band(aa, arms.ACROSS_RUNS)[0] == arms.aa_band(aa, "engines-interleaved")[0]
     assert (aa.latency_change_pct_verdict == stats.NOISE).all()
 
 
@@ -97,7 +97,7 @@ def test_older_results_pair_across_runs_with_one_instance_and_no_verdict(tmp_pat
     frames = analysis.load_profile(tmp_path, "smoke")
     row = compare.compare_adaptive(frames, pairing.pair_adaptive(frames.runs), compared("smoke")[2]) \
         .set_index("workload_number").loc[3]
-    assert row.comparison == "across runs" and row.design == compare.ACROSS_RUNS
+    assert row.comparison == "across runs" and row.design == arms.ACROSS_RUNS
     assert row.instances.startswith("1 vs 1 engine instances") and row.method == stats.BATCH_ONLY
     assert row.latency_reduction_pct_verdict.startswith("no verdict: 1 engine instance")
 
@@ -117,10 +117,10 @@ def test_fixture_comparisons():
 
 def test_plugin_overhead_arms_against_stock():
     _, within, aa, *_ = compared("full")
-    arms = compare.compare_arms(within, aa).set_index("arm")
-    assert list(arms.index) == ["plugin_off", "gate", "thresh_0.5"] and set(arms.reference_arm) == {"stock"}
-    assert arms.instances.str.startswith("3 vs 3 engine instances").all()
-    assert arms.calibration.str.contains("engines-interleaved").all()
+    overhead = compare.compare_arms(within, aa).set_index("arm")
+    assert list(overhead.index) == ["plugin_off", "gate", "thresh_0.5"] and set(overhead.reference_arm) == {"stock"}
+    assert overhead.instances.str.startswith("3 vs 3 engine instances").all()
+    assert overhead.calibration.str.contains("engines-interleaved").all()
 
 
 def test_pair_adaptive_and_early_exit():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nwor import analysis, compare, determinism, findings, pairing, stats, views
+from nwor import analysis, arms, compare, determinism, findings, pairing, stats, views
 
 RESULTS = Path(__file__).parent / "fixtures" / "results"
 EXACT = 1e-9
@@ -16,13 +16,13 @@ EXACT = 1e-9
 
 def pipeline(root, profile: str):
     frames = analysis.load_profile(root, profile)
-    within = compare.within_run(frames)
-    aa = compare.calibration(within)
+    within = arms.within_run(frames)
+    aa = arms.calibration(within)
     adaptive = compare.compare_adaptive(frames, pairing.pair_adaptive(frames.runs), aa)
     early_exit = compare.compare_early_exit(frames, pairing.pair_early_exit(frames.runs), aa)
-    arms = compare.compare_arms(within, aa)
+    overhead = compare.compare_arms(within, aa)
     same = determinism.check_determinism(frames)
-    return frames, aa, adaptive, early_exit, arms, same
+    return frames, aa, adaptive, early_exit, overhead, same
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,8 +54,8 @@ def test_mean_over_workloads():
 def test_without_an_aa_run_the_report_says_so_first(tmp_path):
     shutil.copytree(RESULTS / "smoke", tmp_path / "smoke")
     shutil.rmtree(tmp_path / "smoke" / "calibration_grid")
-    frames, aa, adaptive, early_exit, arms, same = pipeline(tmp_path, "smoke")
-    numbers = findings.key_numbers(frames, aa, adaptive, early_exit, arms, same)
+    frames, aa, adaptive, early_exit, overhead, same = pipeline(tmp_path, "smoke")
+    numbers = findings.key_numbers(frames, aa, adaptive, early_exit, overhead, same)
     assert numbers.iloc[0].key == "calibration.none" and numbers.iloc[0].verdict.startswith("NO A/A RUN")
     assert views.calibration_summary(aa).startswith("**No A/A run was measured in this profile.**")
     verdicts = adaptive.latency_reduction_pct_verdict.dropna()
@@ -82,8 +82,8 @@ def test_only_failed_runs_give_empty_findings_not_errors(tmp_path):
     shutil.copytree(RESULTS / "smoke", tmp_path / "smoke")
     for path in (tmp_path / "smoke").glob("*/*.json"):
         path.write_text(path.read_text().replace('"status":"ok"', '"status":"failed"'))
-    frames, aa, adaptive, early_exit, arms, same = pipeline(tmp_path, "smoke")
-    numbers = findings.key_numbers(frames, aa, adaptive, early_exit, arms, same)
+    frames, aa, adaptive, early_exit, overhead, same = pipeline(tmp_path, "smoke")
+    numbers = findings.key_numbers(frames, aa, adaptive, early_exit, overhead, same)
     assert numbers.set_index("key").loc["runs.not_measured"].value == len(frames.runs)
     assert (findings.recommend(adaptive, early_exit, same).adaptive_draft_length == "no recommendation").all()
     assert views.run_summary(frames).startswith("**No run was measured**")

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nbformat  # noqa: E402
 import pytest  # noqa: E402
 
-from nwor import analysis, compare, determinism, findings, pairing, plots, plots_early_exit  # noqa: E402
+from nwor import analysis, arms, compare, determinism, findings, pairing, plots, plots_early_exit  # noqa: E402
 
 TESTS = Path(__file__).parent
 RESULTS = TESTS / "fixtures" / "results"
@@ -23,13 +23,13 @@ NOTEBOOK = TESTS.parent / "notebooks" / "report.ipynb"
 @functools.lru_cache(maxsize=None)
 def report(profile: str):
     frames = analysis.load_profile(RESULTS, profile)
-    within = compare.within_run(frames)
-    aa = compare.calibration(within)
+    within = arms.within_run(frames)
+    aa = arms.calibration(within)
     adaptive = compare.compare_adaptive(frames, pairing.pair_adaptive(frames.runs), aa)
     early_exit = compare.compare_early_exit(frames, pairing.pair_early_exit(frames.runs), aa)
-    arms = compare.compare_arms(within, aa)
-    numbers = findings.key_numbers(frames, aa, adaptive, early_exit, arms, determinism.check_determinism(frames))
-    return frames, adaptive, early_exit, numbers, aa, arms
+    overhead = compare.compare_arms(within, aa)
+    numbers = findings.key_numbers(frames, aa, adaptive, early_exit, overhead, determinism.check_determinism(frames))
+    return frames, adaptive, early_exit, numbers, aa, overhead
 
 
 def texts(fig) -> str:
@@ -41,9 +41,9 @@ def texts(fig) -> str:
 
 
 def figures(profile: str) -> dict:
-    frames, adaptive, early_exit, numbers, aa, arms = report(profile)
+    frames, adaptive, early_exit, numbers, aa, overhead = report(profile)
     return {
-        "calibration": plots.plot_calibration(aa, arms),
+        "calibration": plots.plot_calibration(aa, overhead),
         "latency_by_workload": plots.plot_latency_by_workload(adaptive, numbers, aa),
         "draft_tokens_acceptance": plots.plot_draft_tokens_and_acceptance(
             analysis.acceptance_by_workload(frames, "adaptive_grid")),
@@ -103,8 +103,8 @@ def test_latency_figure_shows_verdicts_and_the_failed_workload():
 
 
 def test_calibration_figure_shows_the_aa_bands_and_says_when_there_is_none():
-    *_, aa, arms = report("full")
-    text = texts(plots.plot_calibration(aa, arms))
+    *_, aa, overhead = report("full")
+    text = texts(plots.plot_calibration(aa, overhead))
     assert "A/A within-engine: run vs baseline" in text and "thresh_0.5 vs stock" in text
     assert "A/A band, within-engine: -0.1 to +0.3%" in text
     assert "NO A/A RUN" in texts(plots.plot_calibration(aa.iloc[0:0]))
