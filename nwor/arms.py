@@ -90,7 +90,8 @@ def describe(estimate: Estimate, paired: bool) -> str:
     """"3 paired instances, 30 vs 30 batches" or "3 vs 3 engine instances, 30 vs 30 batches"."""
     batches = f"{estimate.n_baseline} vs {estimate.n_treatment} batches"
     if paired:
-        return f"{estimate.instances_treatment} paired instances, {batches}"
+        n = estimate.instances_treatment
+        return f"{n} paired instance{'' if n == 1 else 's'}, {batches}"
     return f"{estimate.instances_baseline} vs {estimate.instances_treatment} engine instances, {batches}"
 
 
@@ -122,9 +123,11 @@ def within_run(frames: Frames, samples: Samples | None = None) -> pd.DataFrame:
 
 
 def _settings(arm_settings: dict, arm: str) -> dict | None:
-    # What an arm measures; its engine group and display label are bookkeeping, not settings.
+    # What an arm measures. Its engine group and label are bookkeeping, and `load_plugin` is a request whose
+    # outcome, `plugin_loaded`, is compared instead.
     settings = arm_settings.get(arm)
-    return None if settings is None else {k: v for k, v in settings.items() if k not in ("group", "label")}
+    return None if settings is None else {k: v for k, v in settings.items()
+                                          if k not in ("group", "label", "load_plugin")}
 
 
 def put(row: dict, name: str, estimate: Estimate, better: str | None = None, band=None) -> None:

@@ -113,7 +113,8 @@ def key_numbers(frames: Frames, aa: pd.DataFrame, adaptive: pd.DataFrame, early_
             f"no verdict: {first_present(r.reason, r.early_exit_reason, 'one counter per run')}",
             "early_exit.stop_pct from the early-exit instrumentation")
     for r in arms.itertuples():
-        add(f"arms.{r.run_id}.{r.arm}.latency_overhead_pct", f"{r.arm} vs {r.reference_arm}: latency overhead %",
+        add(f"arms.{r.run_id}.{r.arm}_vs_{r.reference_arm}.latency_overhead_pct",
+            f"{r.arm} vs {r.reference_arm}: latency overhead %",
             _estimate(r, "latency_overhead_pct"), r.latency_overhead_pct_verdict, f"{r.run_id}; {r.calibration}",
             r.design, r.instances)
     differs = determinism[determinism.status == "differs"]

@@ -121,7 +121,7 @@ def plot_latency_by_workload(adaptive: pd.DataFrame, numbers: pd.DataFrame | Non
             right.text(0.02, i, "\n".join(textwrap.wrap(_short(f"not measured: {row.reason}", 120), 60)),
                        va="center", fontsize=7, color="tab:red", transform=right.get_yaxis_transform())
         else:
-            right.annotate(row.latency_reduction_pct_verdict, (row.latency_reduction_pct, i), xytext=(0, 7),
+            right.annotate(str(row.latency_reduction_pct_verdict).split(":")[0], (row.latency_reduction_pct, i), xytext=(0, 7),
                            textcoords="offset points", ha="center", fontsize=7, color="0.3")
     right.axvline(0, color="0.5", lw=1)
     designs = adaptive.get("design", pd.Series(dtype=object)).dropna().unique()
@@ -131,7 +131,7 @@ def plot_latency_by_workload(adaptive: pd.DataFrame, numbers: pd.DataFrame | Non
             right.axvspan(-band[1], -band[0], color="0.5", alpha=0.25, label=f"A/A band ({designs[0]})")
         else:
             right.set_title(_short(note, 90), fontsize=8, color="tab:red")
-    if average is not None:
+    if average is not None and pd.notna(average.ci_low):
         right.axvspan(average.ci_low, average.ci_high, color="tab:green", alpha=0.15,
                       label=f"mean of workloads {average.value:+.1f}% [{average.ci_low:+.1f}, {average.ci_high:+.1f}]")
     if right.get_legend_handles_labels()[0]:

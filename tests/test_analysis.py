@@ -53,8 +53,7 @@ def test_parse_run_id():
 def test_fixture_run_ids_are_the_planned_ones(profile):
     planned = {g: sorted(ids) for g, ids in grid.planned_run_ids(profile).items()}
     found = {folder.name: sorted(p.stem for p in folder.glob("*.json")) for folder in (RESULTS / profile).iterdir()}
-    assert {g: found.get(g) for g in planned} == planned
-    assert set(found) - set(planned) <= {"calibration_grid"}  # added by the generator until parameters/ plans it
+    assert found == planned
 
 
 def test_load_profile_keeps_every_run_with_its_reason():
@@ -74,11 +73,14 @@ def test_replicates_become_one_row_per_arm_batch():
     doc = json.loads((RESULTS / "smoke" / "adaptive_grid" / f"{W3_ON}.json").read_text())
     rows = frames.arm_batches[frames.arm_batches.run_id == W3_ON]
     assert len(rows) == sum(len(r["batches"]) for r in doc["replicates"])
-    assert set(rows.arm) == {"run", "baseline"} and set(rows.instance) == {0, 1}
+    assert set(rows.arm) == {"run", "baseline"} and set(rows.instance) == {0}  # smoke: one engine per group
     assert (rows.design == "within-engine").all()
     run = frames.runs.set_index("run_id").loc[W3_ON]
-    assert (run.design, run.engine_instances, run.arms) == ("within-engine", 2, ["run", "baseline"])
-    assert run.warmup == "2 stable"
+    assert (run.design, run.engine_instances, run.arms) == ("within-engine", 1, ["run", "baseline"])
+    assert run.warmup == "1 stable"
+    aa = frames.runs.set_index("run_id").loc["aa_run3_r36_t128_temp0.0_d10_engines"]
+    assert (aa.design, aa.engine_instances) == ("engines-interleaved", 2)
+    assert len(frames.arm_batches[frames.arm_batches.run_id == aa.name].instance.unique()) == 4  # 2 per arm
 
 
 def test_an_older_result_without_replicates_is_one_instance_of_arm_run(tmp_path):

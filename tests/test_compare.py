@@ -12,6 +12,8 @@ import pytest
 from nwor import analysis, arms, compare, determinism, pairing, stats
 
 RESULTS = Path(__file__).parent / "fixtures" / "results"
+AA_WITHIN, AA_ENGINES = "aa_run3_r36_t128_temp0.0_d10_within", "aa_run3_r36_t128_temp0.0_d10_engines"
+OVERHEAD = "overhead_run1_r36_t128_temp0.0_d10_thresh0.5"
 EXACT = 1e-9
 
 
@@ -58,11 +60,11 @@ def test_within_engine_comparison_hand_computed():
 
 def test_aa_runs_and_the_band_they_give():
     _, within, aa, *_ = compared("full")
-    assert set(aa.run_id) == {"aa_within_engine", "aa_engines_interleaved"}
-    assert not within[within.run_id == "plugin_overhead"].aa.any()  # arms with other settings are no A/A
+    assert set(aa.run_id) == {AA_WITHIN, AA_ENGINES}
+    assert not within[within.run_id == OVERHEAD].aa.any()  # arms with other settings are no A/A
     band, note = arms.aa_band(aa, "within-engine")
-    row = aa.set_index("run_id").loc["aa_within_engine"]
-    assert band == (row.latency_change_pct_ci_low, row.latency_change_pct_ci_high) and "aa_within_engine" in note
+    row = aa.set_index("run_id").loc[AA_WITHIN]
+    assert band == (row.latency_change_pct_ci_low, row.latency_change_pct_ci_high) and AA_WITHIN in note
     assert arms.aa_band(aa, arms.ACROSS_RUNS)[0] == arms.aa_band(aa, "engines-interleaved")[0]
     assert (aa.latency_change_pct_verdict == stats.NOISE).all()
 
@@ -117,10 +119,16 @@ def test_fixture_comparisons():
 
 def test_plugin_overhead_arms_against_stock():
     _, within, aa, *_ = compared("full")
-    overhead = compare.compare_arms(within, aa).set_index("arm")
-    assert list(overhead.index) == ["plugin_off", "gate", "thresh_0.5"] and set(overhead.reference_arm) == {"stock"}
-    assert overhead.instances.str.startswith("3 vs 3 engine instances").all()
-    assert overhead.calibration.str.contains("engines-interleaved").all()
+    overhead = compare.compare_arms(within, aa)
+    pairs = list(zip(overhead.reference_arm, overhead.arm, overhead.design))
+    # every arm against stock vLLM in engines of its own; inside the plugin's engine, against plugin_off
+    assert pairs == [("stock", "run", "engines-interleaved"), ("stock", "plugin_off", "engines-interleaved"),
+                     ("stock", "gate", "engines-interleaved"), ("plugin_off", "run", "within-engine"),
+                     ("plugin_off", "gate", "within-engine")]
+    assert list(overhead.instances[:1]) == ["3 vs 3 engine instances, 30 vs 30 batches"]
+    assert list(overhead.instances[3:]) == ["3 paired instances, 30 vs 30 batches"] * 2
+    assert overhead.calibration[0].startswith("A/A band") and "engines-interleaved" in overhead.calibration[0]
+    assert "within-engine" in overhead.calibration[3]
 
 
 def test_pair_adaptive_and_early_exit():

@@ -33,8 +33,8 @@ def fixture(profile: str):
 def test_key_numbers_lead_with_the_aa_calibration_and_name_method_and_instances():
     numbers = findings.key_numbers(*fixture("full"))
     assert numbers.key.is_unique
-    assert list(numbers.key[:4]) == [f"calibration.{run}.{m}_change_pct" for run in
-                                     ("aa_engines_interleaved", "aa_within_engine") for m in ("latency", "throughput")]
+    assert list(numbers.key[:4]) == [f"calibration.aa_run3_r36_t128_temp0.0_d10_{design}.{m}_change_pct"
+                                     for design in ("engines", "within") for m in ("latency", "throughput")]
     with_ci = numbers[numbers.ci_low.notna() & (numbers.key != "adaptive.correlation_r")]
     assert (with_ci.method == stats.HIERARCHICAL).all()
     assert with_ci.instances.str.contains("instances").all()
@@ -52,9 +52,9 @@ def test_mean_over_workloads():
 
 
 def test_without_an_aa_run_the_report_says_so_first(tmp_path):
-    shutil.copytree(RESULTS / "smoke", tmp_path / "smoke")
-    shutil.rmtree(tmp_path / "smoke" / "calibration_grid")
-    frames, aa, adaptive, early_exit, overhead, same = pipeline(tmp_path, "smoke")
+    shutil.copytree(RESULTS / "full", tmp_path / "full")
+    shutil.rmtree(tmp_path / "full" / "calibration_grid")
+    frames, aa, adaptive, early_exit, overhead, same = pipeline(tmp_path, "full")
     numbers = findings.key_numbers(frames, aa, adaptive, early_exit, overhead, same)
     assert numbers.iloc[0].key == "calibration.none" and numbers.iloc[0].verdict.startswith("NO A/A RUN")
     assert views.calibration_summary(aa).startswith("**No A/A run was measured in this profile.**")
@@ -71,7 +71,8 @@ def test_recommendations_rest_on_the_numbers():
     assert rec.loc["W3 medium interactive"].adaptive_draft_length == "off"  # outputs differ at temperature 0
     assert rec.loc["W8 large draft"].adaptive_draft_length == "off"
     assert rec.loc["W6 long form"].adaptive_draft_length == "no recommendation"
-    assert rec.loc["W1 short burst"].confidence_threshold == 0.3  # 0.5 and 0.7 cost too much latency
+    assert rec.loc["W1 short burst"].confidence_threshold == 0.5  # 0.7 costs more than +2 % latency
+    assert "threshold 0.7" not in rec.loc["W1 short burst"].threshold_reason
     strict = findings.recommend(adaptive, early_exit, same, max_latency_overhead_pct=0.1)
     assert (strict.confidence_threshold.dropna() == 0.0).all()
     smoke = findings.recommend(*[fixture("smoke")[i] for i in (2, 3, 5)]).set_index("workload")

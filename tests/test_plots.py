@@ -97,16 +97,20 @@ def test_empty_frames_say_no_data():
 
 
 def test_latency_figure_shows_verdicts_and_the_failed_workload():
-    text = texts(figures("smoke")["latency_by_workload"])
-    assert "inside the noise" in text and "improvement" in text and "A/A band (within-engine)" in text
-    assert "not measured: treatment run6" in text
+    full = texts(figures("full")["latency_by_workload"])
+    assert "not established (overlaps the A/A band)" in full and "improvement" in full and "regression" in full
+    assert "A/A band (within-engine)" in full
+    smoke = texts(figures("smoke")["latency_by_workload"])
+    assert "no verdict" in smoke and "improvement" not in smoke  # one engine per arm on smoke
+    assert "not measured: treatment run6" in smoke
 
 
 def test_calibration_figure_shows_the_aa_bands_and_says_when_there_is_none():
     *_, aa, overhead = report("full")
     text = texts(plots.plot_calibration(aa, overhead))
-    assert "A/A within-engine: run vs baseline" in text and "thresh_0.5 vs stock" in text
-    assert "A/A band, within-engine: -0.1 to +0.3%" in text
+    assert "A/A within-engine: run vs baseline" in text and "gate vs plugin_off (within-engine)" in text
+    band = arms.aa_band(aa, "within-engine")[0]
+    assert f"A/A band, within-engine: {band[0]:+.1f} to {band[1]:+.1f}%" in text
     assert "NO A/A RUN" in texts(plots.plot_calibration(aa.iloc[0:0]))
 
 
