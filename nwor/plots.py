@@ -16,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 
 from nwor.arms import aa_band
+from nwor.stats import HIERARCHICAL
 from nwor.findings import acceptance_correlation
 
 logger = logging.getLogger(__name__)
@@ -236,17 +237,19 @@ def plot_calibration(aa: pd.DataFrame, arms: pd.DataFrame | None = None) -> plt.
     """
     sns.set_theme(style="whitegrid")
     rows = [(f"A/A {r.design}: {r.arm} vs {r.reference_arm}\n{r.instances}", r.latency_change_pct,
-             r.latency_change_pct_ci_low, r.latency_change_pct_ci_high, "tab:gray") for r in aa.itertuples()]
+             r.latency_change_pct_ci_low, r.latency_change_pct_ci_high, "tab:gray", r.method)
+            for r in aa.itertuples()]
     rows += [(f"{r.arm} vs {r.reference_arm} ({r.design})\n{r.instances}", r.latency_overhead_pct,
-              r.latency_overhead_pct_ci_low, r.latency_overhead_pct_ci_high, "tab:blue")
+              r.latency_overhead_pct_ci_low, r.latency_overhead_pct_ci_high, "tab:blue", r.method)
              for r in (arms if arms is not None else pd.DataFrame()).itertuples()]
     fig, ax = plt.subplots(figsize=(10, 0.7 * max(len(rows), 2) + 1.8))
     if aa.empty:
         no_data(ax, "NO A/A RUN in this profile: no effect in this report is calibrated against noise")
         return finish(fig, aa.assign(status="missing", reason="no A/A run"), "A/A calibration")
-    for i, (label, value, low, high, color) in enumerate(rows):
+    for i, (label, value, low, high, color, method) in enumerate(rows):
+        # hollow: a batch-only interval (one engine per arm), which carries no verdict
         ax.errorbar([value], [i], xerr=np.nan_to_num([[value - low], [high - value]]), fmt="o", capsize=4,
-                    color=color)
+                    color=color, mfc=color if method == HIERARCHICAL else "white")
         ax.annotate(f"{value:+.1f}% [{low:+.1f}, {high:+.1f}]", (value, i), xytext=(0, 7),
                     textcoords="offset points", ha="center", fontsize=7, color="0.3")
     for design, color in zip(sorted(set(aa.design)), ("tab:orange", "tab:green", "tab:purple")):
@@ -255,7 +258,8 @@ def plot_calibration(aa: pd.DataFrame, arms: pd.DataFrame | None = None) -> plt.
             ax.axvspan(*band, color=color, alpha=0.12, label=f"A/A band, {design}: {band[0]:+.1f} to {band[1]:+.1f}%")
     ax.axvline(0, color="0.5", lw=1)
     ax.set(yticks=range(len(rows)), yticklabels=[r[0] for r in rows], ylim=(len(rows) - 0.5, -0.5),
-           xlabel="change in mean batch latency (%, instance-aware 95% CI; > 0 is slower)")
+           xlabel="change in mean batch latency (%, 95% CI; filled: instance-aware, hollow: batch-only, "
+                  "no verdict; > 0 is slower)")
     ax.tick_params(axis="y", labelsize=8)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")
