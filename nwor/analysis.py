@@ -268,36 +268,6 @@ def load_profile(outputs_root: str | Path, profile: str,
                   pd.DataFrame(requests), pd.DataFrame(skipped, columns=["path", "reason"]))
 
 
-def acceptance_by_workload(frames: Frames, grid: str | None = None) -> pd.DataFrame:
-    """Draft tokens and acceptance per run (every run, with status and reason), optionally for one grid."""
-    runs = frames.runs if grid is None else frames.runs[frames.runs.grid == grid]
-    return runs.reindex(columns=["grid", "label", "run_id", "status", "reason", "adaptive", "confidence_threshold",
-                                 "spec_num_draft_tokens", "num_drafts", "draft_acceptance_rate",
-                                 "mean_acceptance_length", "feature_impl", "vllm"]).reset_index(drop=True)
-
-
-def acceptance_per_position(frames: Frames, grid: str | None = None) -> pd.DataFrame:
-    """One row per (run, draft position) from `metrics.acceptance_rate_per_pos`; position counts from 1.
-
-    A run without per-position rates (failed, refused, or null in the JSON) keeps one row with position
-    NaN and its reason, so that figures can say what is missing.
-    """
-    runs = frames.runs if grid is None else frames.runs[frames.runs.grid == grid]
-    rows = []
-    for run in runs.itertuples():
-        rates = getattr(run, "acceptance_rate_per_pos", None)
-        rates = rates if isinstance(rates, list) else [None]
-        reason = first_present(run.reason, None if rates[0] is not None else "acceptance_rate_per_pos is null")
-        rows += [{"grid": run.grid, "label": run.label, "run_id": run.run_id, "status": run.status,
-                  "reason": reason, "adaptive": run.adaptive, "confidence_threshold": run.confidence_threshold,
-                  "position": None if rate is None else i + 1, "acceptance_rate": rate,
-                  "feature_impl": getattr(run, "feature_impl", None), "vllm": getattr(run, "vllm", None)}
-                 for i, rate in enumerate(rates)]
-    return pd.DataFrame(rows, columns=["grid", "label", "run_id", "status", "reason", "adaptive",
-                                       "confidence_threshold", "position", "acceptance_rate", "feature_impl",
-                                       "vllm"])
-
-
 def report_dir(outputs_root: str | Path, profile: str) -> Path:
     """`<outputs_root>/<profile>/report`, where the report's figures go."""
     return Path(outputs_root) / profile / "report"

@@ -1,4 +1,4 @@
-"""Arms within one run, and the A/A calibration they give: the first half of the compare stage.
+"""Arms within one run, the A/A calibration they give, and verdicts against it: the first half of compare.
 
 A run's `replicates` hold batches of one or more arms over one or more engine instances. Arms measured by
 the same engines are compared paired (within-engine: engine-to-engine variance cancels), arms with engines
@@ -7,6 +7,8 @@ settings are an A/A comparison: its interval is the band of differences noise al
 effect whose interval overlaps the band of its design is "not established".
 """
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 
@@ -20,6 +22,37 @@ BAND_OF = {"within-engine": "within-engine", "engines-interleaved": "engines-int
            ACROSS_RUNS: "engines-interleaved"}
 METRICS = {"latency": "latency_s", "throughput": "output_tokens_per_s"}
 UNCALIBRATED = "(no A/A band)"
+
+
+NOISE = "inside the noise"
+NOT_ESTABLISHED = "not established (overlaps the A/A band)"
+
+
+def verdict(estimate: Estimate, better: str = "higher", aa_band: tuple[float, float] | None = None) -> str:
+    """"improvement", "regression", "inside the noise" (CI includes 0), or "not established" (CI overlaps
+    the A/A band, the spread two identical arms show); "no verdict: ..." without an instance-aware interval.
+
+    Args:
+        estimate: the change, e.g. a latency reduction in percent.
+        better: "higher" when a positive value is good (a reduction, a throughput gain), "lower" when a
+            positive value is bad (an overhead).
+        aa_band: the A/A interval (low, high) in the same sign convention as `estimate`, or None.
+
+    Raises:
+        ValueError: `better` is neither "higher" nor "lower".
+    """
+    if better not in ("higher", "lower"):
+        raise ValueError(f"better must be 'higher' or 'lower', got {better!r}")
+    if math.isnan(estimate.value):
+        return estimate.note or "no data"
+    if not estimate.has_ci or not estimate.instance_aware:
+        return f"no verdict: {estimate.note or 'no instance-aware interval'}"
+    if estimate.ci_low <= 0 <= estimate.ci_high:
+        return NOISE
+    if aa_band is not None and estimate.ci_low <= aa_band[1] and aa_band[0] <= estimate.ci_high:
+        return NOT_ESTABLISHED
+    good = estimate.ci_low > 0 if better == "higher" else estimate.ci_high < 0
+    return "improvement" if good else "regression"
 
 
 class Samples:
@@ -138,9 +171,9 @@ def put(row: dict, name: str, estimate: Estimate, better: str | None = None, ban
     row.update({name: estimate.value, f"{name}_ci_low": estimate.ci_low, f"{name}_ci_high": estimate.ci_high,
                 f"{name}_note": estimate.note})
     if better is not None:
-        verdict = stats.verdict(estimate, better, band)
-        row[f"{name}_verdict"] = f"{verdict} {UNCALIBRATED}" if band is None and verdict in (
-            "improvement", "regression") else verdict
+        said = verdict(estimate, better, band)
+        row[f"{name}_verdict"] = f"{said} {UNCALIBRATED}" if band is None and said in (
+            "improvement", "regression") else said
 
 
 def calibration(within: pd.DataFrame) -> pd.DataFrame:
@@ -151,7 +184,7 @@ def calibration(within: pd.DataFrame) -> pd.DataFrame:
     aa = within[within.aa.astype(bool)].copy()
     for metric in METRICS:
         name = f"{metric}_change_pct"
-        aa[f"{name}_verdict"] = [stats.verdict(Estimate(r[name], r[f"{name}_ci_low"], r[f"{name}_ci_high"],
+        aa[f"{name}_verdict"] = [verdict(Estimate(r[name], r[f"{name}_ci_low"], r[f"{name}_ci_high"],
                                                         method=r.method, note=r[f"{name}_note"]), "lower")
                                  .replace("improvement", "differs").replace("regression", "differs")
                                  for _, r in aa.iterrows()]

@@ -11,7 +11,7 @@ import pandas as pd
 
 from nwor import stats
 from nwor.analysis import Frames, first_present
-from nwor.arms import UNCALIBRATED, Samples, aa_band
+from nwor.arms import UNCALIBRATED, Samples, aa_band, verdict
 from nwor.stats import Estimate
 
 MAX_LATENCY_OVERHEAD_PCT = 2.0  # an early exit that may cost more latency than this is not worth its bandwidth
@@ -45,7 +45,7 @@ def _mean_over_workloads(frames: Frames, compared: pd.DataFrame, column: str, aa
 
 
 def key_numbers(frames: Frames, aa: pd.DataFrame, adaptive: pd.DataFrame, early_exit: pd.DataFrame,
-                arms: pd.DataFrame, determinism: pd.DataFrame) -> pd.DataFrame:
+                overhead: pd.DataFrame, determinism: pd.DataFrame) -> pd.DataFrame:
     """Every number the write-up quotes, one per row, the A/A calibration first.
 
     Columns: key, quantity, value, ci_low, ci_high, verdict, design, instances (engine instances and batches
@@ -75,11 +75,11 @@ def key_numbers(frames: Frames, aa: pd.DataFrame, adaptive: pd.DataFrame, early_
             estimate, band, note = _mean_over_workloads(frames, compared, column, aa)
             estimate = estimate.negated() if sign < 0 else estimate
             band = band if band is None or sign > 0 else (-band[1], -band[0])
-            verdict = stats.verdict(estimate, "higher", band)
-            if band is None and verdict in ("improvement", "regression"):
-                verdict = f"{verdict} {UNCALIBRATED}"
+            said = verdict(estimate, "higher", band)
+            if band is None and said in ("improvement", "regression"):
+                said = f"{said} {UNCALIBRATED}"
             add(f"adaptive.mean.{key}", f"adaptive: {key}, unweighted mean of {len(compared)} workloads", estimate,
-                verdict, f"{note}; {left_out}",
+                said, f"{note}; {left_out}",
                 ", ".join(sorted(set(compared.design))),
                 f"{estimate.instances_baseline} vs {estimate.instances_treatment} instances in all")
     for r in adaptive.itertuples():
@@ -112,7 +112,7 @@ def key_numbers(frames: Frames, aa: pd.DataFrame, adaptive: pd.DataFrame, early_
         add(f"{key}.stop_pct", f"{what}: tokens stopped %", Estimate(r.stop_pct),
             f"no verdict: {first_present(r.reason, r.early_exit_reason, 'one counter per run')}",
             "early_exit.stop_pct from the early-exit instrumentation")
-    for r in arms.itertuples():
+    for r in overhead.itertuples():
         add(f"arms.{r.run_id}.{r.arm}_vs_{r.reference_arm}.latency_overhead_pct",
             f"{r.arm} vs {r.reference_arm}: latency overhead %",
             _estimate(r, "latency_overhead_pct"), r.latency_overhead_pct_verdict, f"{r.run_id}; {r.calibration}",
@@ -155,7 +155,7 @@ def _pick_threshold(early_exit: pd.DataFrame, temperature: float, differs: set, 
         elif r.run_id in differs:
             rejected.append(f"{name}: outputs differ from threshold 0.0 at temperature 0")
         elif not overhead.instance_aware:
-            rejected.append(f"{name}: latency {stats.verdict(overhead, 'lower')}")
+            rejected.append(f"{name}: latency {verdict(overhead, 'lower')}")
         elif r.dram_write_reduction_pct <= 0 or not overhead.ci_high <= max_overhead:
             rejected.append(f"{name}: DRAM writes {_fmt(-r.dram_write_reduction_pct)}, latency "
                             f"{_fmt_ci(r, 'latency_overhead_pct')} (CI must stay below +{max_overhead}%)")
@@ -183,16 +183,16 @@ def recommend(adaptive: pd.DataFrame, early_exit: pd.DataFrame, determinism: pd.
     differs = set(determinism[determinism.status == "differs"].treatment_run_id)
     rows = []
     for r in adaptive.itertuples():
-        latency, verdict = _fmt_ci(r, "latency_reduction_pct"), getattr(r, "latency_reduction_pct_verdict", None)
+        latency, said = _fmt_ci(r, "latency_reduction_pct"), getattr(r, "latency_reduction_pct_verdict", None)
         if pd.isna(getattr(r, "latency_reduction_pct", math.nan)):
-            choice, why = "no recommendation", first_present(r.reason, verdict)
+            choice, why = "no recommendation", first_present(r.reason, said)
         elif r.treatment_run_id in differs:
             choice, why = "off", f"outputs differ from adaptive off at temperature 0; latency reduction {latency}"
-        elif str(verdict).startswith("improvement"):
+        elif str(said).startswith("improvement"):
             choice, why = "on", (f"latency reduction {latency}, throughput {_fmt_ci(r, 'throughput_improvement_pct')}"
                                  f", draft tokens {_fmt(-r.draft_token_reduction_pct)}; {r.instances}")
         else:
-            choice, why = "off", f"latency reduction {latency}: {verdict}"
+            choice, why = "off", f"latency reduction {latency}: {said}"
         threshold, threshold_why = _pick_threshold(early_exit, r.temperature, differs, max_latency_overhead_pct)
         rows.append({"workload": r.label, "temperature": r.temperature, "adaptive_draft_length": choice,
                      "adaptive_reason": why, "confidence_threshold": threshold, "threshold_reason": threshold_why})

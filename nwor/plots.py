@@ -122,8 +122,9 @@ def plot_latency_by_workload(adaptive: pd.DataFrame, numbers: pd.DataFrame | Non
             right.text(0.02, i, "\n".join(textwrap.wrap(_short(f"not measured: {row.reason}", 120), 60)),
                        va="center", fontsize=7, color="tab:red", transform=right.get_yaxis_transform())
         else:
-            right.annotate(str(row.latency_reduction_pct_verdict).split(":")[0], (row.latency_reduction_pct, i), xytext=(0, 7),
-                           textcoords="offset points", ha="center", fontsize=7, color="0.3")
+            verdict = str(row.latency_reduction_pct_verdict).split(":")[0]  # "no verdict", without the why
+            right.annotate(verdict, (row.latency_reduction_pct, i), xytext=(0, 7), textcoords="offset points",
+                           ha="center", fontsize=7, color="0.3")
     right.axvline(0, color="0.5", lw=1)
     designs = adaptive.get("design", pd.Series(dtype=object)).dropna().unique()
     if aa is not None and len(designs):
@@ -145,7 +146,7 @@ def plot_draft_tokens_and_acceptance(acceptance: pd.DataFrame) -> plt.Figure:
     """Draft tokens proposed (`spec_num_draft_tokens`) and draft acceptance rate per workload, off vs on.
 
     Args:
-        acceptance: `nwor.analysis.acceptance_by_workload` output (one row per run).
+        acceptance: `nwor.views.acceptance_by_workload` output (one row per run).
     """
     sns.set_theme(style="whitegrid")
     frame = acceptance.assign(mode=acceptance.adaptive.map(ON_OFF))
@@ -172,7 +173,7 @@ def plot_acceptance_per_position(per_position: pd.DataFrame) -> plt.Figure:
     """Acceptance rate at each draft position (`metrics.acceptance_rate_per_pos`), one panel per workload.
 
     Args:
-        per_position: `nwor.analysis.acceptance_per_position` output.
+        per_position: `nwor.views.acceptance_per_position` output.
     """
     sns.set_theme(style="whitegrid")
     labels = list(dict.fromkeys(per_position.label)) or ["-"]

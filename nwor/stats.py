@@ -1,4 +1,4 @@
-"""Pure statistics: instance-aware (hierarchical) bootstrap intervals, verdicts against an A/A band, correlation.
+"""Pure statistics: instance-aware (hierarchical) bootstrap intervals of relative changes and means, correlation.
 
 Samples come as one sequence of batch values per engine instance. Engines differ from each other by more
 than batches differ within one engine (issue 11 measured 30 % between two fresh engines of one
@@ -303,34 +303,3 @@ def correlation_ci(x, y, *, n_resamples: int = N_RESAMPLES, seed: int = SEED,
         draws = np.where(denominator > 0, (bx * by).sum(axis=1) / denominator, np.nan)
     low, high = _interval(draws, confidence)
     return Correlation(float(result.statistic), low, high, float(result.pvalue), xs.size)
-
-
-NOISE = "inside the noise"
-NOT_ESTABLISHED = "not established (overlaps the A/A band)"
-
-
-def verdict(estimate: Estimate, better: str = "higher", aa_band: tuple[float, float] | None = None) -> str:
-    """"improvement", "regression", "inside the noise" (CI includes 0), or "not established" (CI overlaps
-    the A/A band, the spread two identical arms show); "no verdict: ..." without an instance-aware interval.
-
-    Args:
-        estimate: the change, e.g. a latency reduction in percent.
-        better: "higher" when a positive value is good (a reduction, a throughput gain), "lower" when a
-            positive value is bad (an overhead).
-        aa_band: the A/A interval (low, high) in the same sign convention as `estimate`, or None.
-
-    Raises:
-        ValueError: `better` is neither "higher" nor "lower".
-    """
-    if better not in ("higher", "lower"):
-        raise ValueError(f"better must be 'higher' or 'lower', got {better!r}")
-    if math.isnan(estimate.value):
-        return estimate.note or "no data"
-    if not estimate.has_ci or not estimate.instance_aware:
-        return f"no verdict: {estimate.note or 'no instance-aware interval'}"
-    if estimate.ci_low <= 0 <= estimate.ci_high:
-        return NOISE
-    if aa_band is not None and estimate.ci_low <= aa_band[1] and aa_band[0] <= estimate.ci_high:
-        return NOT_ESTABLISHED
-    good = estimate.ci_low > 0 if better == "higher" else estimate.ci_high < 0
-    return "improvement" if good else "regression"

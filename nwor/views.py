@@ -1,4 +1,4 @@
-"""Named views: the columns each report table shows, so the notebook names a table instead of listing columns.
+"""Named views: the tables and summaries the report shows, so the notebook names them instead of listing columns.
 
 Each view takes one frame of `nwor.analysis`, `nwor.compare` or `nwor.findings` and returns its columns in
 reading order; a column a frame lacks (e.g. nothing was compared) shows as empty rather than failing.
@@ -6,6 +6,8 @@ reading order; a column a frame lacks (e.g. nothing was compared) shows as empty
 from __future__ import annotations
 
 import pandas as pd
+
+from nwor.analysis import first_present
 
 
 def _ci(name: str) -> list[str]:
@@ -91,12 +93,41 @@ def run_summary(frames) -> str:
 def calibration_summary(aa: pd.DataFrame) -> str:
     """One Markdown paragraph the report opens with: each design's A/A band, or that there is none."""
     if aa.empty:
-        return ("**No A/A run was measured in this profile.** No effect below is calibrated against the spread two identical "
-                "arms show: verdicts only compare intervals with 0, and say *(no A/A band)*. Run the calibration "
-                "grid before quoting any effect.")
+        return ("**No A/A run was measured in this profile.** No effect below is calibrated against the spread "
+                "two identical arms show: verdicts only compare intervals with 0, and say *(no A/A band)*. Run "
+                "the calibration grid before quoting any effect.")
     lines = [f"- **{r.design}** ({r.run_id}, {r.instances}): A/A latency change {_interval(r, 'latency_change_pct')}"
              f", {r.latency_change_pct_verdict}" for r in aa.itertuples()]
     return ("**A/A calibration** (two arms of identical settings, analysed like any comparison; method: "
             f"{aa.method.iloc[0]}):\n" + "\n".join(lines)
             + "\n\nAn effect whose interval overlaps its design's A/A band is marked *not established*.")
 
+
+def acceptance_by_workload(frames, grid: str | None = None) -> pd.DataFrame:
+    """Draft tokens and acceptance per run (every run, with status and reason), optionally for one grid."""
+    runs = frames.runs if grid is None else frames.runs[frames.runs.grid == grid]
+    return runs.reindex(columns=["grid", "label", "run_id", "status", "reason", "adaptive", "confidence_threshold",
+                                 "spec_num_draft_tokens", "num_drafts", "draft_acceptance_rate",
+                                 "mean_acceptance_length", "feature_impl", "vllm"]).reset_index(drop=True)
+
+
+def acceptance_per_position(frames, grid: str | None = None) -> pd.DataFrame:
+    """One row per (run, draft position) from `metrics.acceptance_rate_per_pos`; position counts from 1.
+
+    A run without per-position rates (failed, refused, or null in the JSON) keeps one row with position
+    NaN and its reason, so that figures can say what is missing.
+    """
+    runs = frames.runs if grid is None else frames.runs[frames.runs.grid == grid]
+    rows = []
+    for run in runs.itertuples():
+        rates = getattr(run, "acceptance_rate_per_pos", None)
+        rates = rates if isinstance(rates, list) else [None]
+        reason = first_present(run.reason, None if rates[0] is not None else "acceptance_rate_per_pos is null")
+        rows += [{"grid": run.grid, "label": run.label, "run_id": run.run_id, "status": run.status,
+                  "reason": reason, "adaptive": run.adaptive, "confidence_threshold": run.confidence_threshold,
+                  "position": None if rate is None else i + 1, "acceptance_rate": rate,
+                  "feature_impl": getattr(run, "feature_impl", None), "vllm": getattr(run, "vllm", None)}
+                 for i, rate in enumerate(rates)]
+    return pd.DataFrame(rows, columns=["grid", "label", "run_id", "status", "reason", "adaptive",
+                                       "confidence_threshold", "position", "acceptance_rate", "feature_impl",
+                                       "vllm"])

@@ -146,7 +146,7 @@ def test_views_name_their_columns_and_survive_missing_ones():
 
 
 def test_acceptance_per_position_keeps_runs_without_rates():
-    per_position = analysis.acceptance_per_position(load("smoke"), "adaptive_grid")
+    per_position = views.acceptance_per_position(load("smoke"), "adaptive_grid")
     failed = per_position[per_position.run_id == "run6_r36_t256_temp0.0_d10_adaptive1"]
     assert len(failed) == 1 and failed.position.isna().all() and "failed" in failed.reason.iloc[0]
 

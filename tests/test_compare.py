@@ -66,7 +66,7 @@ def test_aa_runs_and_the_band_they_give():
     row = aa.set_index("run_id").loc[AA_WITHIN]
     assert band == (row.latency_change_pct_ci_low, row.latency_change_pct_ci_high) and AA_WITHIN in note
     assert arms.aa_band(aa, arms.ACROSS_RUNS)[0] == arms.aa_band(aa, "engines-interleaved")[0]
-    assert (aa.latency_change_pct_verdict == stats.NOISE).all()
+    assert (aa.latency_change_pct_verdict == arms.NOISE).all()
 
 
 def test_an_effect_overlapping_the_aa_band_is_not_established():
@@ -75,7 +75,7 @@ def test_an_effect_overlapping_the_aa_band_is_not_established():
                         "reference_arm": "A", "latency_change_pct_ci_low": -3.0, "latency_change_pct_ci_high": 3.0,
                         "throughput_change_pct_ci_low": -3.0, "throughput_change_pct_ci_high": 3.0}])
     row = compare.compare_adaptive(frames, pairing.pair_adaptive(frames.runs), aa).iloc[0]
-    assert row.latency_reduction_pct_ci_low > 0 and row.latency_reduction_pct_verdict == stats.NOT_ESTABLISHED
+    assert row.latency_reduction_pct_ci_low > 0 and row.latency_reduction_pct_verdict == arms.NOT_ESTABLISHED
     assert row.calibration == "A/A band -3.0 to +3.0% (within-engine, aa)"
 
 

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nbformat  # noqa: E402
 import pytest  # noqa: E402
 
-from nwor import analysis, arms, compare, determinism, findings, pairing, plots, plots_early_exit  # noqa: E402
+from nwor import analysis, arms, compare, determinism, findings, pairing, plots, plots_early_exit, views  # noqa: E402
 
 TESTS = Path(__file__).parent
 RESULTS = TESTS / "fixtures" / "results"
@@ -46,9 +46,9 @@ def figures(profile: str) -> dict:
         "calibration": plots.plot_calibration(aa, overhead),
         "latency_by_workload": plots.plot_latency_by_workload(adaptive, numbers, aa),
         "draft_tokens_acceptance": plots.plot_draft_tokens_and_acceptance(
-            analysis.acceptance_by_workload(frames, "adaptive_grid")),
+            views.acceptance_by_workload(frames, "adaptive_grid")),
         "acceptance_per_position": plots.plot_acceptance_per_position(
-            analysis.acceptance_per_position(frames, "adaptive_grid")),
+            views.acceptance_per_position(frames, "adaptive_grid")),
         "acceptance_vs_improvement": plots.plot_acceptance_vs_improvement(adaptive),
         "threshold_tradeoff": plots_early_exit.plot_threshold_tradeoff(early_exit, aa),
         "tokens_stopped": plots_early_exit.plot_tokens_stopped(early_exit),
@@ -75,7 +75,7 @@ def test_footnote_names_what_was_not_measured():
     note = plots.footnote(adaptive).replace("\n", " ")
     assert "W6 long form: treatment run6_r36_t256_temp0.0_d10_adaptive1 failed" in note
     assert "7 of 8 rows measured" in plots.footnote(adaptive)
-    per_position = analysis.acceptance_per_position(frames, "adaptive_grid")
+    per_position = views.acceptance_per_position(frames, "adaptive_grid")
     assert "15 of 16 rows measured" in plots.footnote(per_position)  # runs, not positions
 
 
@@ -88,7 +88,7 @@ def test_missing_ncu_totals_say_no_data_with_the_reason():
 
 def test_empty_frames_say_no_data():
     frames, adaptive, early_exit, *_ = report("smoke")
-    empty_positions = analysis.acceptance_per_position(frames, "no_such_grid")
+    empty_positions = views.acceptance_per_position(frames, "no_such_grid")
     assert "no data (acceptance_rate_per_pos is null" in texts(plots.plot_acceptance_per_position(empty_positions))
     no_stops = early_exit.assign(stop_pct=float("nan"))
     assert "no data" in texts(plots_early_exit.plot_tokens_stopped(no_stops))

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from nwor import stats
+from nwor import arms, stats
 
 EXACT = 1e-9  # tolerance for hand-computed percentages: only float rounding may differ
 # Coverage checks: N_EXPERIMENTS simulated experiments per case, each with its own bootstrap of
@@ -74,7 +74,7 @@ def test_hand_computed_reduction_is_ten_percent_with_a_point_ci():
     assert estimate.value == pytest.approx(10.0, abs=EXACT)
     assert estimate.ci_low == pytest.approx(10.0, abs=EXACT) and estimate.ci_high == pytest.approx(10.0, abs=EXACT)
     assert (estimate.instances_baseline, estimate.n_baseline, estimate.method) == (2, 5, stats.HIERARCHICAL)
-    assert stats.verdict(estimate) == "improvement"
+    assert arms.verdict(estimate) == "improvement"
 
 
 def test_each_engine_instance_counts_once():
@@ -93,7 +93,7 @@ def test_one_engine_instance_gives_no_verdict_and_says_why():
     estimate = stats.change_ci([[1.0, 1.1, 0.9]], [[0.8, 0.85, 0.9]])
     assert estimate.method == stats.BATCH_ONLY and estimate.has_ci  # the batch interval is still shown
     assert "1 engine instance(s) per arm" in estimate.note
-    assert stats.verdict(estimate).startswith("no verdict: 1 engine instance")
+    assert arms.verdict(estimate).startswith("no verdict: 1 engine instance")
 
 
 def test_paired_arms_must_share_their_instances():
@@ -113,17 +113,17 @@ def test_pairing_removes_the_engine_spread():
 @pytest.mark.parametrize("low, high, better, band, expected", [
     (1, 2, "higher", None, "improvement"), (-2, -1, "higher", None, "regression"),
     (1, 2, "lower", None, "regression"), (-2, -1, "lower", None, "improvement"),
-    (-1, 1, "higher", None, stats.NOISE), (0, 1, "higher", None, stats.NOISE),
-    (1, 2, "higher", (-1.5, 1.5), stats.NOT_ESTABLISHED), (1, 2, "higher", (-0.5, 0.5), "improvement"),
-    (-1, 1, "higher", (-0.5, 0.5), stats.NOISE)])
+    (-1, 1, "higher", None, arms.NOISE), (0, 1, "higher", None, arms.NOISE),
+    (1, 2, "higher", (-1.5, 1.5), arms.NOT_ESTABLISHED), (1, 2, "higher", (-0.5, 0.5), "improvement"),
+    (-1, 1, "higher", (-0.5, 0.5), arms.NOISE)])
 def test_verdict(low, high, better, band, expected):
     estimate = stats.Estimate((low + high) / 2, low, high, method=stats.HIERARCHICAL)
-    assert stats.verdict(estimate, better, band) == expected
+    assert arms.verdict(estimate, better, band) == expected
 
 
 def test_verdict_rejects_unknown_direction():
     with pytest.raises(ValueError, match="better"):
-        stats.verdict(stats.Estimate(1, 0, 2, method=stats.HIERARCHICAL), "sideways")
+        arms.verdict(stats.Estimate(1, 0, 2, method=stats.HIERARCHICAL), "sideways")
 
 
 @pytest.mark.parametrize("baseline, treatment", [([], [[1.0]]), ([[]], [[1.0]]), ([[0.0, 0.0]], [[1.0, 1.0]]),
