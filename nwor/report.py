@@ -24,7 +24,7 @@ def check_profile(profile: str, root: str | Path | None = None) -> Path:
     A profile is known if parameters/profiles.yaml defines it or its outputs folder exists (e.g. adhoc).
 
     Raises:
-        ConfigError: unknown profile, or a known one with no outputs yet (one line each).
+        ConfigError: unknown profile, or one without result JSONs yet (one line each).
     """
     base = Path(root).resolve() if root else outputs_root()
     folder = base / profile
@@ -32,6 +32,8 @@ def check_profile(profile: str, root: str | Path | None = None) -> Path:
         load_profile(profile)  # raises ConfigError "unknown profile ..." for a name profiles.yaml lacks
         raise ConfigError(f"no outputs for profile {profile!r} under {base}; run `nwor run --profile {profile}` "
                           "first")
+    if not any(folder.glob("*/*.json")):
+        raise ConfigError(f"no result JSONs under {folder}/<grid>/; run `nwor run --profile {profile}` first")
     return folder
 
 

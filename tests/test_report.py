@@ -34,8 +34,11 @@ def test_known_profile_without_outputs_says_run_it_first(tmp_path):
         report.check_profile("smoke", tmp_path)
 
 
-def test_any_profile_with_outputs_is_accepted(tmp_path):
-    (tmp_path / "adhoc").mkdir()
+def test_any_profile_with_results_is_accepted_and_an_empty_one_is_not(tmp_path):
+    (tmp_path / "adhoc" / "adhoc").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="no result JSONs under"):
+        report.check_profile("adhoc", tmp_path)
+    (tmp_path / "adhoc" / "adhoc" / "run.json").write_text("{}")
     assert report.check_profile("adhoc", tmp_path) == tmp_path / "adhoc"
 
 
