@@ -2,6 +2,7 @@
 
 Frames: `runs` (one row per run; failed, refused, missing and unreadable ones with their reason),
 `arm_batches` (one row per measured batch of every arm and engine instance, from `replicates[]`),
+`arm_counters` (vLLM's draft counters per arm, summed over its instances),
 `batches` (the seed's `results[]`, arm "run"), `requests` (`requests[]`) and `skipped` (unreadable files).
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -26,6 +27,8 @@ OLDER_VERSIONS = tuple(v for v in (1,) if v != SCHEMA_VERSION)  # schema version
 INT_COLUMNS = ("workload_number", "num_prompts", "max_tokens", "num_speculative_tokens", "n_batches",
                "engine_instances", "spec_num_draft_tokens", "num_drafts", "num_draft_tokens", "num_accepted_tokens",
                "tokens_stopped", "early_exit_checks")
+COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")  # vLLM's, summed over instances
+ARM_COUNTER_COLUMNS = ["run_id", "arm", *COUNTERS, "draft_acceptance_rate"]
 ARM_BATCH_COLUMNS = ["run_id", "grid", "design", "instance", "arm", "position", "latency_s", "num_output_tokens",
                      "output_tokens_per_s"]
 ADAPTIVE_ID = re.compile(r"^run(?P<workload_number>\d+)_r(?P<num_prompts>\d+)_t(?P<max_tokens>\d+)"
@@ -49,6 +52,7 @@ class Frames:
     batches: pd.DataFrame
     requests: pd.DataFrame
     skipped: pd.DataFrame
+    arm_counters: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def parse_run_id(run_id: str) -> dict:
@@ -125,6 +129,24 @@ def arm_batches(doc: dict) -> list[dict]:
     return [{**base, "instance": 0, "arm": "run", "position": r.get("batch", k), "latency_s": r["latency_s"],
              "num_output_tokens": r.get("num_output_tokens"), "output_tokens_per_s": r.get("output_tokens_per_s")}
             for k, r in enumerate(doc.get("results") or [])]
+
+
+def arm_counters(doc: dict) -> list[dict]:
+    """Speculative-decoding counters of each arm, summed over the instances that measured it (replicates only).
+
+    Arms of one run see the same prompts and batch counts, so their counters compare directly.
+    """
+    totals: dict[str, dict] = {}
+    for replicate in doc.get("replicates") or []:
+        for arm, counts in (replicate.get("counters") or {}).items():
+            total = totals.setdefault(arm, dict.fromkeys(COUNTERS, 0))
+            for name in COUNTERS:
+                value = (counts or {}).get(name)
+                total[name] = None if value is None or total[name] is None else total[name] + value
+    return [{"run_id": doc["run_id"], "arm": arm, **t,
+             "draft_acceptance_rate": (t["num_accepted_tokens"] / t["num_draft_tokens"]
+                                       if t["num_accepted_tokens"] is not None and t["num_draft_tokens"] else None)}
+            for arm, t in totals.items()]
 
 
 def design_name(doc: dict) -> str:
@@ -234,7 +256,7 @@ def load_profile(outputs_root: str | Path, profile: str,
     paths = sorted(p for p in folder.glob("*/*.json") if not p.name.endswith(".ncu-pass.json"))
     if not paths:
         raise FileNotFoundError(f"no result JSONs under {folder}/<grid>/")
-    runs, arms, batches, requests, skipped = [], [], [], [], []
+    runs, arms, counters, batches, requests, skipped = [], [], [], [], [], []
     for path in paths:
         shown = str(path.relative_to(folder.parent))  # no machine paths in shared reports
         try:
@@ -249,6 +271,7 @@ def load_profile(outputs_root: str | Path, profile: str,
         if doc["status"] != "ok":
             continue  # a run that did not finish has no measurements to compare
         arms += arm_batches(doc)
+        counters += arm_counters(doc)
         for result in doc.get("results") or []:
             batches.append({"run_id": doc["run_id"], "grid": doc.get("grid"),
                             **{k: v for k, v in result.items() if k not in ("outputs", "sampling_params")}})
@@ -265,7 +288,8 @@ def load_profile(outputs_root: str | Path, profile: str,
     for column in ("dram_bytes_write", "confidence_threshold", "temperature"):
         runs[column] = pd.to_numeric(runs.get(column, pd.Series(index=runs.index, dtype=float))).astype(float)
     return Frames(runs, pd.DataFrame(arms, columns=ARM_BATCH_COLUMNS), pd.DataFrame(batches),
-                  pd.DataFrame(requests), pd.DataFrame(skipped, columns=["path", "reason"]))
+                  pd.DataFrame(requests), pd.DataFrame(skipped, columns=["path", "reason"]),
+                  pd.DataFrame(counters, columns=ARM_COUNTER_COLUMNS))
 
 
 def report_dir(outputs_root: str | Path, profile: str) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from nwor import stats
@@ -22,8 +23,6 @@ BAND_OF = {"within-engine": "within-engine", "engines-interleaved": "engines-int
            ACROSS_RUNS: "engines-interleaved"}
 METRICS = {"latency": "latency_s", "throughput": "output_tokens_per_s"}
 UNCALIBRATED = "(no A/A band)"
-
-
 NOISE = "inside the noise"
 NOT_ESTABLISHED = "not established (overlaps the A/A band)"
 

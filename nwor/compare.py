@@ -65,11 +65,13 @@ def _point_reduction(baseline, treatment) -> float:
 def compare_adaptive(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) -> pd.DataFrame:
     """Adaptive draft length on vs off, one row per workload of `nwor.pairing.pair_adaptive`.
 
-    The adaptive-on run's own "baseline" arm (adaptive off) is used when it has one; otherwise its
-    "run" arm is compared with the adaptive-off run's across run ids. Draft-token reduction % is a point
-    value (`spec_num_draft_tokens` is one counter per run). `calibration` names the A/A band used.
+    The adaptive-on run's own "baseline" arm (adaptive off) is used when it has one, latency and draft
+    counters alike; otherwise its "run" arm is compared with the adaptive-off run's across run ids.
+    Draft-token reduction % is a point value (counters are totals, not per batch). `calibration` names the
+    A/A band used.
     """
     samples, runs = Samples(frames.arm_batches), frames.runs.set_index("run_id")
+    counters = frames.arm_counters.set_index(["run_id", "arm"]) if len(frames.arm_counters) else pd.DataFrame()
     rows = []
     for _, pair in pairs.iterrows():
         row = pair.to_dict()
@@ -85,6 +87,11 @@ def compare_adaptive(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) -> p
             _compared(row, samples, (pair.treatment_run_id, "baseline"), (pair.treatment_run_id, "run"), aa,
                       ADAPTIVE)
             row.update(status="ok", comparison="within run")
+            for role, arm in (("baseline", "baseline"), ("treatment", "run")):  # the arms' own counters
+                if (pair.treatment_run_id, arm) in counters.index:
+                    counted = counters.loc[(pair.treatment_run_id, arm)]
+                    row[f"{role}_spec_num_draft_tokens"] = counted.num_draft_tokens
+                    row[f"{role}_draft_acceptance_rate"] = counted.draft_acceptance_rate
         elif pair.status == "ok":
             _compared(row, samples, (pair.baseline_run_id, "run"), (pair.treatment_run_id, "run"), aa, ADAPTIVE)
             row["comparison"] = "across runs"

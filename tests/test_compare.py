@@ -104,6 +104,17 @@ def test_older_results_pair_across_runs_with_one_instance_and_no_verdict(tmp_pat
     assert row.latency_reduction_pct_verdict.startswith("no verdict: 1 engine instance")
 
 
+def test_within_run_draft_counters_come_from_the_arms():
+    frames, _, _, adaptive, _ = compared("full")
+    row = adaptive.set_index("workload_number").loc[1]
+    counters = frames.arm_counters.set_index(["run_id", "arm"])
+    off, on = (counters.loc[(row.treatment_run_id, arm)] for arm in ("baseline", "run"))
+    assert row.baseline_spec_num_draft_tokens == off.num_draft_tokens
+    assert row.draft_token_reduction_pct == pytest.approx(100 * (1 - on.num_draft_tokens / off.num_draft_tokens),
+                                                          abs=EXACT)
+    assert row.draft_token_reduction_pct > 0  # shorter drafts, more of them: fewer draft tokens in all
+
+
 def test_fixture_comparisons():
     _, _, _, adaptive, early_exit = compared("full")
     by = adaptive.set_index("workload_number")
