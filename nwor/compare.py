@@ -149,14 +149,16 @@ def compare_early_exit(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) ->
     return _with_columns(rows, first, EARLY_EXIT)
 
 
-def compare_arms(within: pd.DataFrame, aa: pd.DataFrame, grid: str = "calibration_grid") -> pd.DataFrame:
-    """Each non-A/A arm of a grid's multi-arm runs against the reference arm (e.g. plugin overhead vs stock).
+def compare_arms(within: pd.DataFrame, aa: pd.DataFrame,
+                 shown_elsewhere: tuple[str, ...] = ("adaptive_grid", "early_exit_grid")) -> pd.DataFrame:
+    """Every other arm comparison within a run (plugin overhead vs stock, scenarios vs their features off).
 
+    The grids in `shown_elsewhere` have their own tables (`compare_adaptive`, `compare_early_exit`).
     Latency overhead % (> 0 is slower) and throughput change %, with verdicts against the design's A/A band.
     """
     rows = []
-    for _, r in within[(within.grid == grid) & ~within.aa.astype(bool)].iterrows():
-        row = {k: r[k] for k in ("run_id", "label", "design", "reference_arm", "arm", "instances", "method",
+    for _, r in within[~within.grid.isin(shown_elsewhere) & ~within.aa.astype(bool)].iterrows():
+        row = {k: r[k] for k in ("grid", "run_id", "label", "design", "reference_arm", "arm", "instances", "method",
                                  "feature_impl", "vllm")}
         for metric, (column, _, better) in EARLY_EXIT.items():
             band, note = aa_band(aa, r.design, metric)
@@ -165,5 +167,5 @@ def compare_arms(within: pd.DataFrame, aa: pd.DataFrame, grid: str = "calibratio
             put(row, column, estimate, better, band)
             row.setdefault("calibration", note)
         rows.append(row)
-    return _with_columns(rows, ["run_id", "label", "design", "reference_arm", "arm", "instances", "method",
+    return _with_columns(rows, ["grid", "run_id", "label", "design", "reference_arm", "arm", "instances", "method",
                                 "feature_impl", "vllm"], EARLY_EXIT)

@@ -234,9 +234,11 @@ def plot_calibration(aa: pd.DataFrame, arms: pd.DataFrame | None = None) -> plt.
 
     Args:
         aa: `nwor.arms.calibration` output (one row per A/A comparison).
-        arms: optional `nwor.compare.compare_arms` output (e.g. plugin arms vs stock).
+        arms: optional `nwor.compare.compare_arms` output; its calibration_grid rows (the plugin's arms) are drawn.
     """
     sns.set_theme(style="whitegrid")
+    if arms is not None and len(arms):
+        arms = arms[arms.grid == "calibration_grid"]
     rows = [(f"A/A {r.design}: {r.arm} vs {r.reference_arm}\n{r.instances}", r.latency_change_pct,
              r.latency_change_pct_ci_low, r.latency_change_pct_ci_high, "tab:gray", r.method)
             for r in aa.itertuples()]

@@ -61,7 +61,7 @@ def early_exit(early_exit: pd.DataFrame) -> pd.DataFrame:
 
 def arms(arms: pd.DataFrame) -> pd.DataFrame:
     """Arms compared with a reference arm in one run (e.g. the plugin's overhead against stock vLLM)."""
-    return _view(arms, ["run_id", "arm", "reference_arm", "design", "instances", "method",
+    return _view(arms, ["grid", "run_id", "arm", "reference_arm", "design", "instances", "method",
                         *_ci("latency_overhead_pct"), *_ci("throughput_change_pct"), "calibration"])
 
 

@@ -130,7 +130,10 @@ def test_fixture_comparisons():
 
 def test_plugin_overhead_arms_against_stock():
     _, within, aa, *_ = compared("full")
-    overhead = compare.compare_arms(within, aa)
+    others = compare.compare_arms(within, aa)
+    assert set(others.grid) == {"calibration_grid", "oneoff_scenarios"}
+    assert set(others[others.grid == "oneoff_scenarios"].reference_arm) == {"baseline"}  # features off
+    overhead = others[others.run_id == OVERHEAD].reset_index(drop=True)
     pairs = list(zip(overhead.reference_arm, overhead.arm, overhead.design))
     # every arm against stock vLLM in engines of its own; inside the plugin's engine, against plugin_off
     assert pairs == [("stock", "run", "engines-interleaved"), ("stock", "plugin_off", "engines-interleaved"),
