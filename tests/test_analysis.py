@@ -84,8 +84,9 @@ def test_replicates_become_one_row_per_arm_batch():
 
 
 def test_an_older_result_without_replicates_is_one_instance_of_arm_run(tmp_path):
-    def strip(doc):
+    def strip(doc):  # as schema version 1 wrote it, before design and replicates
         del doc["replicates"], doc["design"]
+        doc["schema_version"] = 1
     frames = load("smoke", write_variant(tmp_path, strip))
     run = frames.runs.set_index("run_id").loc[W3_ON]
     assert run.design == analysis.LEGACY and run.engine_instances == 1 and run.arms == ["run"]

@@ -95,6 +95,7 @@ def test_older_results_pair_across_runs_with_one_instance_and_no_verdict(tmp_pat
     for path in (tmp_path / "smoke" / "adaptive_grid").glob("*.json"):
         doc = json.loads(path.read_text())
         doc.pop("replicates", None), doc.pop("design", None)
+        doc["schema_version"] = 1
         path.write_text(json.dumps(doc))
     frames = analysis.load_profile(tmp_path, "smoke")
     row = compare.compare_adaptive(frames, pairing.pair_adaptive(frames.runs), compared("smoke")[2]) \
