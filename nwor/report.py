@@ -1,13 +1,12 @@
 """Rendering the analysis notebook for a profile: executed notebook plus HTML, next to its figures.
 
-A render happens in a staging folder beside `<profile>/report/` and replaces it only when it succeeded;
-a failed render replaces it with the failed executed notebook alone, so an older report.html and its
-figures never stay behind looking current.
+A render first removes the old `<profile>/report/`, renders into a staging folder beside it and renames
+that into place when it succeeded; a failed render leaves the failed executed notebook alone there. An
+older report.html and its figures never stay behind looking current.
 """
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from nwor.errors import ConfigError, RunFailed
@@ -37,17 +36,6 @@ def check_profile(profile: str, root: str | Path | None = None) -> Path:
     return folder
 
 
-def _swap(staging: Path, folder: Path) -> None:
-    # Two renames on one filesystem: readers see the old folder or the new one, never a mixture.
-    trash = None
-    if folder.exists():
-        trash = Path(tempfile.mkdtemp(prefix=".report-old-", dir=folder.parent))
-        folder.rename(trash / folder.name)
-    staging.rename(folder)
-    if trash is not None:
-        shutil.rmtree(trash)
-
-
 def render_report(profile: str, root: str | Path | None = None) -> Path:
     """Execute notebooks/report.ipynb for `profile` and export it to HTML; return the HTML path.
 
@@ -63,8 +51,9 @@ def render_report(profile: str, root: str | Path | None = None) -> Path:
     folder = profile_dir / REPORT_FOLDER
     check_parameters(REPORT_NOTEBOOK, ("profile", "outputs_root", "report_folder"))
     staging = profile_dir / STAGING_FOLDER
-    if staging.exists():
-        shutil.rmtree(staging)  # left by a render that was killed
+    for stale in (staging, folder):  # a killed render's staging; the old report, which this one replaces
+        if stale.exists():
+            shutil.rmtree(stale)  # whatever stops this render (an error, Ctrl-C) leaves no old report behind
     staging.mkdir()
     try:
         executed = staging / "report.ipynb"
@@ -77,12 +66,12 @@ def render_report(profile: str, root: str | Path | None = None) -> Path:
             for stale in staging.iterdir():  # figures of a failed render are incomplete
                 if stale != executed:
                     stale.unlink()
-            _swap(staging, folder)
+            staging.rename(folder)
             raise RunFailed(f"report for {profile} failed: {err.ename}: {err.evalue} (see "
                             f"{relative_path(folder / executed.name)})", notebook=str(folder / executed.name)) from None
         body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
         (staging / "report.html").write_text(body)
-        _swap(staging, folder)
+        staging.rename(folder)  # one rename: the report appears whole or not at all
     finally:
         if staging.exists():
             shutil.rmtree(staging)
