@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from nwor import stats
-from nwor.analysis import MAX_LATENCY_OVERHEAD_PCT
+from nwor.arms import aa_band
+from nwor.stats import HIERARCHICAL
+from nwor.findings import acceptance_correlation
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def footnote(frame: pd.DataFrame) -> str:
     return "\n".join(textwrap.wrap(text, FOOTNOTE_WIDTH))
 
 
-def _finish(fig: plt.Figure, frame: pd.DataFrame, title: str) -> plt.Figure:
+def finish(fig: plt.Figure, frame: pd.DataFrame, title: str) -> plt.Figure:
     fig.suptitle(title, fontsize=12)
     note = footnote(frame)
     # Grow the figure by the footnote's height instead of squeezing the axes: long lists of
@@ -64,31 +65,33 @@ def _finish(fig: plt.Figure, frame: pd.DataFrame, title: str) -> plt.Figure:
     return fig
 
 
-def _no_data(ax: plt.Axes, reason: str) -> None:
+def no_data(ax: plt.Axes, reason: str) -> None:
     ax.text(0.5, 0.5, "\n".join(textwrap.wrap(f"no data ({reason})", 50)), ha="center", va="center",
             transform=ax.transAxes, fontsize=10, color="0.4")
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def _reason_of(frame: pd.DataFrame, column: str, fallback: str) -> str:
+def reason_of(frame: pd.DataFrame, column: str, fallback: str) -> str:
     reasons = frame[column].dropna().unique() if column in frame else []
     return "; ".join(str(r) for r in reasons[:2]) or fallback
 
 
-def _errors(frame: pd.DataFrame, name: str) -> np.ndarray:
+def error_bars(frame: pd.DataFrame, name: str) -> np.ndarray:
     # asymmetric error bars from CI columns; NaN CIs draw no bar
     low = (frame[name] - frame[f"{name}_ci_low"]).to_numpy(dtype=float)
     high = (frame[f"{name}_ci_high"] - frame[name]).to_numpy(dtype=float)
     return np.nan_to_num(np.vstack([low, high]))
 
 
-def plot_latency_by_workload(adaptive: pd.DataFrame, numbers: pd.DataFrame | None = None) -> plt.Figure:
+def plot_latency_by_workload(adaptive: pd.DataFrame, numbers: pd.DataFrame | None = None,
+                             aa: pd.DataFrame | None = None) -> plt.Figure:
     """Mean batch latency per workload with adaptive off/on, and the latency reduction %, with 95 % CIs.
 
     Args:
-        adaptive: `nwor.stats.compare_adaptive` output.
-        numbers: optional `nwor.stats.key_numbers` output; its across-workload mean is drawn as a band.
+        adaptive: `nwor.compare.compare_adaptive` output.
+        numbers: optional `nwor.findings.key_numbers` output; its across-workload mean is drawn as a band.
+        aa: optional `nwor.arms.calibration` output; the A/A band of the comparisons' design is shaded.
     """
     average = None
     if numbers is not None and MEAN_KEY in set(numbers.key):
@@ -99,37 +102,55 @@ def plot_latency_by_workload(adaptive: pd.DataFrame, numbers: pd.DataFrame | Non
     for offset, role, flag in ((-0.2, "baseline", False), (0.2, "treatment", True)):
         column = f"{role}_latency_s"
         if column in adaptive:
-            left.barh(y + offset, adaptive[column], height=0.4, xerr=_errors(adaptive, column), capsize=2,
+            left.barh(y + offset, adaptive[column], height=0.4, xerr=error_bars(adaptive, column), capsize=2,
                       color=COLORS[ON_OFF[flag]], label=ON_OFF[flag])
-    left.set(yticks=y, yticklabels=adaptive.label, xscale="log", xlabel="mean batch latency (s, log scale)")
-    left.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-    left.xaxis.set_minor_formatter(ticker.NullFormatter())
+    left.set(yticks=y, yticklabels=adaptive.label, xlabel="mean batch latency (s, log scale)")
+    if adaptive[["baseline_latency_s", "treatment_latency_s"]].notna().any().any():
+        left.set_xscale("log")  # a log axis needs one positive value
+        left.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1, 2, 5)))  # labels within one decade too
+        left.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        left.xaxis.set_minor_formatter(ticker.NullFormatter())
+    else:
+        left.text(0.5, 0.5, "no data (no workload was compared)", ha="center", va="center",
+                  transform=left.transAxes, color="0.4")
     left.set_ylim(len(adaptive) - 0.5, -0.5)  # every workload keeps its row, measured or not (inverted)
-    left.legend(loc="lower right")
+    left.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=8, frameon=False)
     measured = adaptive.latency_reduction_pct.notna()
-    right.errorbar(adaptive.latency_reduction_pct[measured], y[measured.to_numpy()],
-                   xerr=_errors(adaptive[measured], "latency_reduction_pct"), fmt="o", capsize=3, color="k")
+    for aware in (True, False):  # hollow: a batch-only interval (one engine per arm), which carries no verdict
+        shown = measured & ((adaptive.method == HIERARCHICAL) == aware)
+        right.errorbar(adaptive.latency_reduction_pct[shown], y[shown.to_numpy()], fmt="o", capsize=3, color="k",
+                       xerr=error_bars(adaptive[shown], "latency_reduction_pct"), mfc="k" if aware else "white")
     for i, row in enumerate(adaptive.itertuples()):
         if not measured.iloc[i]:
             right.text(0.02, i, "\n".join(textwrap.wrap(_short(f"not measured: {row.reason}", 120), 60)),
                        va="center", fontsize=7, color="tab:red", transform=right.get_yaxis_transform())
         else:
-            right.annotate(row.latency_reduction_pct_verdict, (row.latency_reduction_pct, i), xytext=(0, 7),
-                           textcoords="offset points", ha="center", fontsize=7, color="0.3")
+            verdict = str(row.latency_reduction_pct_verdict).split(":")[0]  # "no verdict", without the why
+            right.annotate(verdict, (row.latency_reduction_pct, i), xytext=(0, 7), textcoords="offset points",
+                           ha="center", fontsize=7, color="0.3")
     right.axvline(0, color="0.5", lw=1)
-    if average is not None:
+    designs = adaptive.get("design", pd.Series(dtype=object)).dropna().unique()
+    if aa is not None and len(designs):
+        band, note = aa_band(aa, designs[0])
+        if band is not None:  # reductions are negated changes
+            right.axvspan(-band[1], -band[0], color="0.5", alpha=0.25, label=f"A/A band ({designs[0]})")
+        else:
+            right.set_title(_short(note, 90), fontsize=8, color="tab:red")
+    if average is not None and pd.notna(average.ci_low):
         right.axvspan(average.ci_low, average.ci_high, color="tab:green", alpha=0.15,
                       label=f"mean of workloads {average.value:+.1f}% [{average.ci_low:+.1f}, {average.ci_high:+.1f}]")
+    if right.get_legend_handles_labels()[0]:
         right.legend(loc="lower right", fontsize=8)
-    right.set(xlabel="latency reduction with adaptive on (%, 95% CI; > 0 is faster)")
-    return _finish(fig, adaptive, "Latency by workload, adaptive draft length off vs on")
+    right.set(xlabel="latency reduction, adaptive on (%, 95% CI; > 0 is faster)\n"
+                     "filled: instance-aware; hollow: batch-only, no verdict")
+    return finish(fig, adaptive, "Latency by workload, adaptive draft length off vs on")
 
 
 def plot_draft_tokens_and_acceptance(acceptance: pd.DataFrame) -> plt.Figure:
     """Draft tokens proposed (`spec_num_draft_tokens`) and draft acceptance rate per workload, off vs on.
 
     Args:
-        acceptance: `nwor.analysis.acceptance_by_workload` output (one row per run).
+        acceptance: `nwor.views.acceptance_by_workload` output (one row per run).
     """
     sns.set_theme(style="whitegrid")
     frame = acceptance.assign(mode=acceptance.adaptive.map(ON_OFF))
@@ -138,7 +159,7 @@ def plot_draft_tokens_and_acceptance(acceptance: pd.DataFrame) -> plt.Figure:
                                (axes[1], "draft_acceptance_rate", "draft acceptance rate (accepted / drafted)")):
         data = frame.dropna(subset=[column]).astype({column: float})
         if data.empty:
-            _no_data(ax, _reason_of(frame, "reason", f"{column} is null in every run"))
+            no_data(ax, reason_of(frame, "reason", f"{column} is null in every run"))
             continue
         sns.barplot(data=data, y="label", x=column, hue="mode", palette=COLORS, ax=ax, errorbar=None,
                     order=list(dict.fromkeys(frame.label)))
@@ -149,14 +170,14 @@ def plot_draft_tokens_and_acceptance(acceptance: pd.DataFrame) -> plt.Figure:
         offset = 0.2 if row.adaptive is True else -0.2  # the bar slot seaborn leaves empty for this run
         axes[1].text(0.01, labels.index(row.label) + offset, _short(f"{row.mode}: {row.reason}", 70),
                      va="center", fontsize=7, color="tab:red", transform=axes[1].get_yaxis_transform())
-    return _finish(fig, frame, "Draft tokens and acceptance by workload")
+    return finish(fig, frame, "Draft tokens and acceptance by workload")
 
 
 def plot_acceptance_per_position(per_position: pd.DataFrame) -> plt.Figure:
     """Acceptance rate at each draft position (`metrics.acceptance_rate_per_pos`), one panel per workload.
 
     Args:
-        per_position: `nwor.analysis.acceptance_per_position` output.
+        per_position: `nwor.views.acceptance_per_position` output.
     """
     sns.set_theme(style="whitegrid")
     labels = list(dict.fromkeys(per_position.label)) or ["-"]
@@ -165,7 +186,7 @@ def plot_acceptance_per_position(per_position: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.6 * nrows + 1), sharex=True, sharey=True,
                              squeeze=False)
     if per_position.empty:
-        _no_data(axes[0][0], "acceptance_rate_per_pos is null in every run")
+        no_data(axes[0][0], "acceptance_rate_per_pos is null in every run")
     frame = per_position.assign(mode=per_position.adaptive.map(ON_OFF))
     for ax, label in zip(axes.flat, labels):
         data = frame[(frame.label == label) & frame.position.notna()]
@@ -182,96 +203,75 @@ def plot_acceptance_per_position(per_position: pd.DataFrame) -> plt.Figure:
         axes.flat[0].legend(title=None, fontsize=7)
     for ax in list(axes.flat)[len(labels):]:
         ax.set_visible(False)
-    return _finish(fig, per_position, "Acceptance rate per draft position")
+    return finish(fig, per_position, "Acceptance rate per draft position")
 
 
 def plot_acceptance_vs_improvement(adaptive: pd.DataFrame) -> plt.Figure:
     """Baseline acceptance rate vs latency reduction % per workload, with Pearson r and its 95 % CI.
 
     Args:
-        adaptive: `nwor.stats.compare_adaptive` output.
+        adaptive: `nwor.compare.compare_adaptive` output.
     """
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7, 5))
     ok = adaptive[(adaptive.status == "ok") & adaptive.latency_reduction_pct.notna()]
     if ok.empty:
-        _no_data(ax, _reason_of(adaptive, "reason", "no paired workload"))
-        return _finish(fig, adaptive, "Acceptance rate vs latency reduction")
+        no_data(ax, reason_of(adaptive, "reason", "no paired workload"))
+        return finish(fig, adaptive, "Acceptance rate vs latency reduction")
     x = ok.baseline_draft_acceptance_rate.astype(float)
-    ax.errorbar(x, ok.latency_reduction_pct, yerr=_errors(ok, "latency_reduction_pct"), fmt="o", capsize=3)
+    ax.errorbar(x, ok.latency_reduction_pct, yerr=error_bars(ok, "latency_reduction_pct"), fmt="o", capsize=3)
     for row, xi in zip(ok.itertuples(), x):
         ax.annotate(row.label, (xi, row.latency_reduction_pct), xytext=(4, 4), textcoords="offset points",
                     fontsize=7)
     ax.axhline(0, color="0.5", lw=1)
-    corr = stats.acceptance_correlation(adaptive)
+    corr = acceptance_correlation(adaptive)
     summary = corr.note or (f"Pearson r = {corr.r:+.2f} (95% CI {corr.ci_low:+.2f} to {corr.ci_high:+.2f}), "
                             f"p = {corr.p_value:.3f}, n = {corr.n}")
     ax.set(xlabel="draft acceptance rate with adaptive off", ylabel="latency reduction with adaptive on (%)",
            title=summary)
     ax.title.set_fontsize(9)
-    return _finish(fig, adaptive, "Acceptance rate vs latency reduction")
+    return finish(fig, adaptive, "Acceptance rate vs latency reduction")
 
 
-def plot_threshold_tradeoff(early_exit: pd.DataFrame) -> plt.Figure:
-    """DRAM write bytes and latency vs confidence threshold, and DRAM saving vs latency overhead.
-
-    Args:
-        early_exit: `nwor.stats.compare_early_exit` output.
-    """
-    sns.set_theme(style="whitegrid")
-    fig, (dram, latency, trade) = plt.subplots(1, 3, figsize=(16, 5))
-    measured = early_exit[early_exit.dram_bytes_write.notna()].astype({"dram_bytes_write": float})
-    if measured.empty:
-        _no_data(dram, _reason_of(early_exit, "dram_reason", "no DRAM totals"))
-    else:
-        sns.lineplot(data=measured.assign(gib=measured.dram_bytes_write / 2 ** 30), x="confidence_threshold",
-                     y="gib", hue="label", marker="o", ax=dram)
-        dram.legend(title=None, fontsize=8)
-        dram.set(ylabel="DRAM writes (GiB, ncu)")
-    dram.set(xlabel="confidence threshold")
-    timed = early_exit[early_exit.latency_s.notna()]
-    if timed.empty:
-        _no_data(latency, _reason_of(early_exit, "reason", "no latency samples"))
-    for label, data in timed.groupby("label", sort=False):
-        latency.errorbar(data.confidence_threshold, data.latency_s, yerr=_errors(data, "latency_s"), fmt="o-",
-                         capsize=3, label=label)
-    if not timed.empty:
-        latency.legend(fontsize=8)
-    latency.set(xlabel="confidence threshold", ylabel="mean batch latency (s, 95% CI)")
-    pairs = early_exit[early_exit.dram_write_reduction_pct.notna() & early_exit.latency_overhead_pct.notna()]
-    if pairs.empty:
-        treated = early_exit[early_exit.role == "treatment"]
-        _no_data(trade, _reason_of(treated, "dram_reason", "") or _reason_of(treated, "pair_reason", "no pairs"))
-    else:
-        trade.errorbar(pairs.latency_overhead_pct, pairs.dram_write_reduction_pct,
-                       xerr=_errors(pairs, "latency_overhead_pct"), fmt="o", capsize=3)
-        for row in pairs.itertuples():
-            trade.annotate(f"{row.confidence_threshold} ({row.label})", (row.latency_overhead_pct,
-                           row.dram_write_reduction_pct), xytext=(4, 4), textcoords="offset points", fontsize=7)
-        trade.axvline(0, color="0.5", lw=1)
-        trade.axvline(MAX_LATENCY_OVERHEAD_PCT, color="tab:red", lw=1, ls="--",
-                      label=f"recommendation limit +{MAX_LATENCY_OVERHEAD_PCT}%")
-        trade.legend(fontsize=8, loc="lower right")
-    trade.set(xlabel="latency overhead vs threshold 0.0 (%, 95% CI)", ylabel="DRAM write reduction (%)")
-    return _finish(fig, early_exit, "Confidence early exit: bandwidth savings vs latency")
-
-
-def plot_tokens_stopped(early_exit: pd.DataFrame) -> plt.Figure:
-    """Share of draft tokens stopped by the early exit (`early_exit.stop_pct`) per threshold.
+def plot_calibration(aa: pd.DataFrame, arms: pd.DataFrame | None = None) -> plt.Figure:
+    """The A/A differences with their intervals, per design, and the plugin-overhead arms against that band.
 
     Args:
-        early_exit: `nwor.stats.compare_early_exit` output.
+        aa: `nwor.arms.calibration` output (one row per A/A comparison).
+        arms: optional `nwor.compare.compare_arms` output; its calibration_grid rows (the plugin's arms) are drawn.
     """
     sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    data = early_exit[early_exit.stop_pct.notna()].astype({"stop_pct": float})
-    if data.empty:
-        _no_data(ax, _reason_of(early_exit, "early_exit_reason", "stop_pct is null in every run"))
-    else:
-        sns.lineplot(data=data, x="confidence_threshold", y="stop_pct", hue="label", marker="o", ax=ax)
-        ax.legend(title=None, fontsize=8)
-    ax.set(xlabel="confidence threshold", ylabel="tokens stopped (%)")
-    return _finish(fig, early_exit, "Tokens stopped by confidence early exit")
+    if arms is not None and len(arms):
+        arms = arms[arms.grid == "calibration_grid"]
+    rows = [(f"A/A {r.design}: {r.arm} vs {r.reference_arm}\n{r.instances}", r.latency_change_pct,
+             r.latency_change_pct_ci_low, r.latency_change_pct_ci_high, "tab:gray", r.method)
+            for r in aa.itertuples()]
+    rows += [(f"{r.arm} vs {r.reference_arm} ({r.design})\n{r.instances}", r.latency_overhead_pct,
+              r.latency_overhead_pct_ci_low, r.latency_overhead_pct_ci_high, "tab:blue", r.method)
+             for r in (arms if arms is not None else pd.DataFrame()).itertuples()]
+    fig, ax = plt.subplots(figsize=(10, 0.7 * max(len(rows), 2) + 1.8))
+    if aa.empty:
+        no_data(ax, "NO A/A RUN in this profile: no effect in this report is calibrated against noise")
+        return finish(fig, aa.assign(status="missing", reason="no A/A run"), "A/A calibration")
+    for i, (label, value, low, high, color, method) in enumerate(rows):
+        # hollow: a batch-only interval (one engine per arm), which carries no verdict
+        ax.errorbar([value], [i], xerr=np.nan_to_num([[value - low], [high - value]]), fmt="o", capsize=4,
+                    color=color, mfc=color if method == HIERARCHICAL else "white")
+        ax.annotate(f"{value:+.1f}% [{low:+.1f}, {high:+.1f}]", (value, i), xytext=(0, 7),
+                    textcoords="offset points", ha="center", fontsize=7, color="0.3")
+    for design, color in zip(sorted(set(aa.design)), ("tab:orange", "tab:green", "tab:purple")):
+        band, note = aa_band(aa, design)
+        if band is not None:
+            ax.axvspan(*band, color=color, alpha=0.12, label=f"A/A band, {design}: {band[0]:+.1f} to {band[1]:+.1f}%")
+    ax.axvline(0, color="0.5", lw=1)
+    ax.set(yticks=range(len(rows)), yticklabels=[r[0] for r in rows], ylim=(len(rows) - 0.5, -0.5),
+           xlabel="change in mean batch latency (%, 95% CI; filled: instance-aware, hollow: batch-only, "
+                  "no verdict; > 0 is slower)")
+    ax.tick_params(axis="y", labelsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    frame = pd.concat([aa, arms if arms is not None else pd.DataFrame()], ignore_index=True)
+    return finish(fig, frame.assign(status="ok"), "A/A calibration: what noise alone does, and the plugin's overhead")
 
 
 def save_figure(fig: plt.Figure, folder: str | Path, name: str) -> list[Path]:

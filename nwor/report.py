@@ -1,38 +1,78 @@
-"""Rendering the analysis notebook for a profile: executed notebook plus HTML, next to its figures."""
+"""Rendering the analysis notebook for a profile: executed notebook plus HTML, next to its figures.
+
+A render first removes the old `<profile>/report/`, renders into a staging folder beside it and renames
+that into place when it succeeded; a failed render leaves the failed executed notebook alone there. An
+older report.html and its figures never stay behind looking current.
+"""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from nwor.errors import ConfigError, RunFailed
 from nwor.execute import REPORT_NOTEBOOK, check_parameters, outputs_root, relative_path
+from nwor.grid import load_profile
+
+REPORT_FOLDER = "report"
+STAGING_FOLDER = ".report-rendering"  # beside report/, so that the final rename stays on one filesystem
+
+
+def check_profile(profile: str, root: str | Path | None = None) -> Path:
+    """The profile's outputs folder, after checking that the profile is known and has outputs.
+
+    A profile is known if parameters/profiles.yaml defines it or its outputs folder exists (e.g. adhoc).
+
+    Raises:
+        ConfigError: unknown profile, or one without result JSONs yet (one line each).
+    """
+    base = Path(root).resolve() if root else outputs_root()
+    folder = base / profile
+    if not folder.is_dir():
+        load_profile(profile)  # raises ConfigError "unknown profile ..." for a name profiles.yaml lacks
+        raise ConfigError(f"no outputs for profile {profile!r} under {base}; run `nwor run --profile {profile}` "
+                          "first")
+    if not any(folder.glob("*/*.json")):
+        raise ConfigError(f"no result JSONs under {folder}/<grid>/; run `nwor run --profile {profile}` first")
+    return folder
 
 
 def render_report(profile: str, root: str | Path | None = None) -> Path:
     """Execute notebooks/report.ipynb for `profile` and export it to HTML; return the HTML path.
 
     Raises:
-        ConfigError: the profile has no outputs yet.
-        RunFailed: the notebook raised (the executed copy is kept for reading).
+        ConfigError: unknown profile, or the profile has no outputs yet.
+        RunFailed: the notebook raised (the executed copy is kept in the report folder for reading).
     """
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
 
-    base = Path(root).resolve() if root else outputs_root()
-    if not (base / profile).is_dir():
-        raise ConfigError(f"no outputs for profile {profile!r} under {base}; run `nwor run --profile {profile}` first")
-    folder = base / profile / "report"
-    folder.mkdir(parents=True, exist_ok=True)
-    executed = folder / "report.ipynb"
-    check_parameters(REPORT_NOTEBOOK, ("profile", "outputs_root"))
+    profile_dir = check_profile(profile, root)
+    folder = profile_dir / REPORT_FOLDER
+    check_parameters(REPORT_NOTEBOOK, ("profile", "outputs_root", "report_folder"))
+    staging = profile_dir / STAGING_FOLDER
+    for stale in (staging, folder):  # a killed render's staging; the old report, which this one replaces
+        if stale.exists():
+            shutil.rmtree(stale)  # whatever stops this render (an error, Ctrl-C) leaves no old report behind
+    staging.mkdir()
     try:
-        papermill.execute_notebook(relative_path(REPORT_NOTEBOOK), relative_path(executed), kernel_name="python3",
-                                   progress_bar=False,
-                                   parameters={"profile": profile, "outputs_root": relative_path(base)})
-    except papermill.PapermillExecutionError as err:
-        raise RunFailed(f"report for {profile} failed: {err.ename}: {err.evalue} (see {executed})",
-                        notebook=str(executed)) from None
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
-    html = folder / "report.html"
-    html.write_text(body)
-    return html
+        executed = staging / "report.ipynb"
+        try:
+            parameters = {"profile": profile, "outputs_root": relative_path(profile_dir.parent),
+                          "report_folder": relative_path(staging)}
+            papermill.execute_notebook(relative_path(REPORT_NOTEBOOK), relative_path(executed),
+                                       kernel_name="python3", progress_bar=False, parameters=parameters)
+        except papermill.PapermillExecutionError as err:
+            for stale in staging.iterdir():  # figures of a failed render are incomplete
+                if stale != executed:
+                    stale.unlink()
+            staging.rename(folder)
+            raise RunFailed(f"report for {profile} failed: {err.ename}: {err.evalue} (see "
+                            f"{relative_path(folder / executed.name)})", notebook=str(folder / executed.name)) from None
+        body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+        (staging / "report.html").write_text(body)
+        staging.rename(folder)  # one rename: the report appears whole or not at all
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return folder / "report.html"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nwor.analysis import compare_outputs
+from nwor.determinism import compare_outputs
 from nwor.results import read_result
 
 pytestmark = pytest.mark.engine
