@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -13,6 +14,7 @@ METHODS = ("eagle", "ngram", "none")
 FEATURE_IMPLS = ("auto", "native", "plugin")
 NCU_MODES = ("after", "instead")
 NCU_REPLAY_MODES = ("app-range", "kernel")
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")  # the names vLLM's --dtype accepts
 DEFAULT_NCU_METRICS = (
     "dram__bytes_write.sum",
     "dram__bytes_read.sum",
@@ -116,7 +118,8 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (inf would pass every range check below and break sampling or timeouts)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _looks_local(model: str) -> bool:
@@ -140,6 +143,9 @@ def _validate(spec: RunSpec) -> None:
            "gpu_memory_utilization", "must be in (0, 1]", spec.gpu_memory_utilization)
     _check(_is_number(spec.ncu_timeout_s) and spec.ncu_timeout_s > 0, "ncu_timeout_s", "must be > 0",
            spec.ncu_timeout_s)
+    _check(spec.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}", spec.dtype)
+    _check(spec.attention_backend is None or (isinstance(spec.attention_backend, str) and spec.attention_backend),
+           "attention_backend", "must be None or a vLLM backend name such as FLASH_ATTN", spec.attention_backend)
     _check(spec.tiny_models in ("cpu", "gpu"), "tiny_models", "must be cpu or gpu", spec.tiny_models)
     _check(spec.method in METHODS, "method", f"must be one of {', '.join(METHODS)}", spec.method)
     _check(spec.feature_impl in FEATURE_IMPLS, "feature_impl", f"must be one of {', '.join(FEATURE_IMPLS)}",
@@ -153,6 +159,8 @@ def _validate(spec: RunSpec) -> None:
         _check(isinstance(getattr(spec, name), bool), name, "must be true or false", getattr(spec, name))
     _check(isinstance(spec.run_id, str) and spec.run_id and "/" not in spec.run_id and not spec.run_id.startswith("."),
            "run_id", "must be a non-empty file name", spec.run_id)
+    _check(not isinstance(spec.ncu_metrics, str), "ncu_metrics",
+           "must be a list of metric names, not one string (write [name])", spec.ncu_metrics)
     _check(bool(spec.ncu_metrics) and all(isinstance(m, str) and m for m in spec.ncu_metrics),
            "ncu_metrics", "must be a non-empty list of metric names", spec.ncu_metrics)
     if spec.draft_length_options is not None:
@@ -170,6 +178,8 @@ def _validate(spec: RunSpec) -> None:
         model = getattr(spec, name)
         if model and _looks_local(model):
             _check(Path(model).expanduser().is_dir(), name, "no such local model folder", model)
+            _check((Path(model).expanduser() / "config.json").is_file(), name,
+                   "not a model folder (no config.json in it)", model)
 
 
 def spec_from_mapping(values: dict, *, source: str = "parameters") -> RunSpec:

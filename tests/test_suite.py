@@ -66,13 +66,18 @@ def test_failed_with_other_params_is_stale(tmp_path):
     assert run_state(SPEC, root=tmp_path).status == "stale"
 
 
-@pytest.mark.parametrize("text", ['{"schema_version": 99, "status": "ok"}', "{broken"])
-def test_stale_on_other_schema_or_broken_json(tmp_path, text):
+@pytest.mark.parametrize(("text", "status", "needle"), [
+    ('{"schema_version": 99, "status": "ok"}', "stale", "schema_version 99, this nwor reads"),
+    ("{broken", "corrupt", "cannot read result"),
+    ("[1, 2]", "corrupt", "not a nwor result"),
+    ('{"schema_version": 1, "status": "maybe", "spec": {}}', "corrupt", "no valid status or spec"),
+])
+def test_other_schema_is_stale_and_unreadable_json_corrupt(tmp_path, text, status, needle):
     path = _result_path(SPEC, tmp_path)
     path.parent.mkdir(parents=True)
     path.write_text(text)
     st = run_state(SPEC, root=tmp_path)
-    assert st.status == "stale" and st.reason
+    assert st.status == status and needle in st.reason and str(path.name) in st.reason
 
 
 def test_estimate():
