@@ -20,8 +20,8 @@ SPEC = RunSpec(run_id="run3_x_adaptive1", grid="adaptive_grid", profile="smoke")
 
 def test_outputs_root_default_and_env(tmp_path, monkeypatch):
     monkeypatch.delenv(OUTPUTS_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert outputs_root() == (tmp_path / "outputs").resolve()
+    monkeypatch.chdir(tmp_path)  # e.g. JupyterLab's notebooks/: the project's outputs/, not the CWD's
+    assert outputs_root() == Path(__file__).resolve().parents[1] / "outputs"
     monkeypatch.setenv(OUTPUTS_ENV, str(tmp_path / "elsewhere"))
     assert outputs_root() == (tmp_path / "elsewhere").resolve()
 
