@@ -191,7 +191,14 @@ def run(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt,
         except NcuNotAvailable as e:  # said once per suite; each run records it in its JSON
             out.print(f"[yellow]Nsight Compute unavailable here ({e}); ncu runs record 'unavailable'.[/]")
     from nwor import reaper
+    from nwor.execute import run_dir
+    from nwor.files import check_writable, describe_os_error
 
+    try:
+        for folder in dict.fromkeys(run_dir(s.spec.profile, s.spec.grid, outputs).parent for s in todo):
+            check_writable(folder)  # a read-only or full outputs folder: one line, before any progress bar
+    except OSError as e:
+        _fail(ConfigError(describe_os_error(e)))
     ended = reaper.reap_orphans()
     if ended:
         out.print(f"ended {ended} processes (vLLM engines, kernels) left behind by a killed nwor run")

@@ -23,6 +23,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; notebooks are shared artifacts
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        # A failed write(2) names no file: name the one that could not be written.
+        raise type(err)(err.errno, err.strerror, err.filename or str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -42,13 +46,28 @@ def use_atomic_notebook_writes() -> None:
                               for scheme, h in papermill_io._handlers]
 
 
-def describe_os_error(err: OSError) -> str:
-    """`<path>: <cause>` (e.g. `outputs/smoke/.nwor.lock: Read-only file system`), the path relative where possible."""
+def describe_os_error(err: OSError, where: str | Path | None = None) -> str:
+    """`<path>: <cause>` (e.g. `outputs/smoke/.nwor.lock: Read-only file system`), the path relative where
+    possible; `where` names the place when the error names no file (a failed write names none)."""
     from nwor.provenance import display_path
 
     cause = err.strerror or str(err)
     paths = [display_path(p) for p in (err.filename, err.filename2) if p is not None]
+    paths = paths or ([display_path(where)] if where is not None else [])
     return f"{' -> '.join(map(str, paths))}: {cause}" if paths else cause
+
+
+def check_writable(folder: str | Path) -> None:
+    """Create `folder` if needed and write (then remove) a file in it: a read-only or full outputs folder
+    is then reported before anything starts.
+
+    Raises:
+        OSError: the folder cannot be created or written, with the path that failed.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / ".nwor-write-check", "ok\n")
+    (folder / ".nwor-write-check").unlink()
 
 
 def check_folders(folders) -> None:

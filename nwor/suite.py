@@ -182,7 +182,8 @@ def _stopped(err: OSError, spec: RunSpec, root, left: int) -> OutputsUnwritable:
 
     recorded = "is recorded as failed" if run_state(spec, root).status == "failed" else \
         "could not be recorded as failed"
-    return OutputsUnwritable(f"suite stopped: cannot write {describe_os_error(err)}; run {spec.grid}/{spec.run_id} "
+    where = describe_os_error(err, run_dir(spec.profile, spec.grid, root))
+    return OutputsUnwritable(f"suite stopped: cannot write {where}; run {spec.grid}/{spec.run_id} "
                              f"{recorded}; {left} runs not attempted (free space or fix the folder, then run the "
                              f"same command to resume)", run_id=spec.run_id, path=err.filename)
 
