@@ -46,7 +46,7 @@ def route_vllm_logs(log_path: str | Path, level: str = "INFO") -> None:
 
 _LOG_PATH: Path | None = None  # this process's vLLM log, named in engine start-up failures
 # An exception line of a traceback, `module.Name: message`; vLLM's own summary line says nothing.
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Exit)): (.+)$")
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Exit|Failed|Interrupt)): (.+)$")
 _GENERIC_CAUSES = ("See root cause above", "Engine core initialization failed", "Engine process failed to start")
 
 

@@ -130,3 +130,20 @@ def test_unreadable_lock_is_cleared(tmp_path):
     (tmp_path / ".nwor.lock").write_text("not json")
     with SuiteLock(tmp_path):
         pass
+
+
+def test_log_keeps_each_event_on_one_line_and_closes_abandoned_starts(tmp_path):
+    from nwor.suite import GRID_LOG, MASTER_LOG, SuiteLog
+
+    log = SuiteLog(tmp_path / "smoke", tmp_path)
+    other = RunSpec(run_id="run2_x", grid="adaptive_grid", profile="smoke")
+    log.write(SPEC, "START")
+    log.write(other, "START")
+    log.write(other, "ERROR", "RuntimeError: boom\n  File x, line 2\nmore")
+    log.close_abandoned()  # what the next runner does first: SPEC's runner was killed
+    log.close_abandoned()  # and only once
+    lines = (tmp_path / "smoke" / MASTER_LOG).read_text().splitlines()
+    assert len(lines) == 4
+    assert lines[2].endswith("ERROR    adaptive_grid/run2_x RuntimeError: boom | File x, line 2 | more")
+    assert f"ABANDONED adaptive_grid/{SPEC.run_id} its runner stopped" in lines[3]
+    assert (tmp_path / "smoke" / "adaptive_grid" / GRID_LOG).read_text().splitlines()[-1] == lines[3]
