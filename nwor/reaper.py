@@ -104,7 +104,9 @@ def mark_runner() -> str:
     os.environ[RUNNER_ENV] = rid
     env = {k: v for k, v in os.environ.items() if k != RUNNER_ENV}  # the watchdog must not end itself
     # stdin is a pipe only this process holds (not inherited: CLOEXEC): EOF there means the runner ended.
-    watchdog = subprocess.Popen([sys.executable, "-m", "nwor.reaper", rid], stdin=subprocess.PIPE,
+    # Run as a file, not `-m nwor.reaper`: importing the nwor package would keep ~100 MB (pandas) idle all suite.
+    code = f"import runpy; runpy.run_path({__file__!r}, run_name='__main__')"
+    watchdog = subprocess.Popen([sys.executable, "-c", code, rid], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
     _WATCHDOGS.append(watchdog)  # keep the pipe open for this process's lifetime
@@ -115,7 +117,7 @@ _WATCHDOGS: list[subprocess.Popen] = []
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Watchdog entry point: `python -m nwor.reaper RUNNER_ID`, stdin a pipe from the runner."""
+    """Watchdog entry point: `python nwor/reaper.py RUNNER_ID`, stdin a pipe from the runner."""
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the runner, not its watchdog
     while sys.stdin.buffer.read(4096):
