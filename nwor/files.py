@@ -67,7 +67,7 @@ def check_writable(folder: str | Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / ".nwor-write-check", "ok\n")
-    (folder / ".nwor-write-check").unlink()
+    (folder / ".nwor-write-check").unlink(missing_ok=True)  # another runner may check at the same time
 
 
 def check_folders(folders) -> None:
