@@ -94,6 +94,7 @@ def test_engine_start_failure_quotes_root_cause_and_names_log(tmp_path, monkeypa
     with pytest.raises(RunFailed) as info:
         run_notebook(spec, root=tmp_path)
     message = str(info.value)
+    print(message)  # shown with -s: the line a user sees
     assert "EngineStartFailed: vLLM engine did not start: " in message
     assert "See root cause above" not in message and "\n" not in message
     assert "(vLLM log: adhoc/adhoc/tiny_kv.vllm.log)" in message
