@@ -35,13 +35,27 @@ def route_vllm_logs(log_path: str | Path, level: str = "INFO") -> None:
         "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_path), "formatter": "plain"}},
         "loggers": {"vllm": {"handlers": ["file"], "level": level, "propagate": False}},
     }
-    # Beside the log, not in the temp folder: every engine process (later engines too) reads it at import,
-    # so it lives as long as this process and is removed at its exit; a killed run's is overwritten next time.
-    path = log_path.with_name(f".{log_path.name}.logging.json")
-    path.write_text(json.dumps(config))
-    atexit.register(lambda: path.unlink(missing_ok=True))
+    # Beside the log, not in the temp folder. vLLM reads it at import in this process and in each engine
+    # process it spawns: start_engine removes it once the engine is up (and rewrites it for a later engine).
+    global _LOGGING_CONFIG
+    _LOGGING_CONFIG = (log_path.with_name(f".{log_path.name}.logging.json"), json.dumps(config))
+    _write_logging_config()
+    atexit.register(_drop_logging_config)
     os.environ["VLLM_CONFIGURE_LOGGING"] = "1"
-    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(path)
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(_LOGGING_CONFIG[0])
+
+
+_LOGGING_CONFIG: tuple[Path, str] | None = None  # (path, text) of the logging configuration vLLM reads
+
+
+def _write_logging_config() -> None:
+    if _LOGGING_CONFIG and not _LOGGING_CONFIG[0].exists():
+        _LOGGING_CONFIG[0].write_text(_LOGGING_CONFIG[1])
+
+
+def _drop_logging_config() -> None:
+    if _LOGGING_CONFIG:
+        _LOGGING_CONFIG[0].unlink(missing_ok=True)
 
 
 _LOG_PATH: Path | None = None  # this process's vLLM log, named in engine start-up failures
@@ -111,10 +125,13 @@ def start_engine(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_regi
     check_engine_settings([spec])
     from vllm import LLM
 
+    _write_logging_config()
     try:
         return LLM(**engine_kwargs(spec, models, plan, profile_region=profile_region))
     except Exception as err:  # vLLM's message says "see root cause above", which went to the log file
         raise _start_failure(err) from err
+    finally:
+        _drop_logging_config()  # every engine process has read it by now
 
 
 def _start_failure(err: Exception) -> EngineStartFailed:
