@@ -1,6 +1,8 @@
 """The `nwor` command line: parse arguments, call one function, show the result."""
 from __future__ import annotations
 
+import re
+import signal
 import sys
 import time
 from typing import List, Optional
@@ -10,11 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+import nwor
 from nwor.errors import ConfigError, NworError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, profile and analyse speculative-decoding "
-                  "experiments on vLLM.")
-ncu_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nsight Compute reports.")
+# Plain help (rich_markup_mode=None): typer's rich help labels every flag `<bool>`, `--help` included.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Run, profile and analyse speculative-decoding experiments on vLLM.")
+ncu_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                      help="Nsight Compute reports.")
 app.add_typer(ncu_app, name="ncu")
 # Piped output (CI logs, notebooks) gets a wide console instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 180)
@@ -22,17 +27,39 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 180)
 
 GridsArg = typer.Argument(None, help="adaptive_grid, early_exit_grid, oneoff_scenarios, or all (default)")
 ProfileOpt = typer.Option("smoke", "--profile", "-p", help="full | smoke | gpu-smoke (parameters/profiles.yaml)")
-OutputsOpt = typer.Option(None, "--outputs", help="outputs folder (default: $NWOR_OUTPUTS or ./outputs)")
+OutputsOpt = typer.Option(None, "--outputs", help="outputs folder (default: $NWOR_OUTPUTS, else the project's "
+                          "outputs/)")
+# The same overrides for plan, status and run: a result made with them must not show as stale.
+TargetOpt = typer.Option(None, "--target-model", help="override the profile's target model")
+DraftOpt = typer.Option(None, "--draft-model", help="override the profile's draft model")
+TensorParallelOpt = typer.Option(None, "--tensor-parallel-size", help="override tensor parallel size")
+FeatureImplOpt = typer.Option(None, "--feature-impl", help="auto | native | plugin")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"nwor {nwor.__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                          help="print nwor's version and exit")):
+    """Run, profile and analyse speculative-decoding experiments on vLLM."""
 
 
 def _specs(grids, profile, only=None, target_model=None, draft_model=None, tensor_parallel_size=None,
-           feature_impl=None):
+           feature_impl=None, outputs=None):
+    """The runs asked for, in order (a grid named twice runs once); their outputs folders checked."""
+    from nwor.execute import run_dir
+    from nwor.files import check_folders
     from nwor.grid import expand_all
 
     overrides = {k: v for k, v in dict(target_model=target_model, draft_model=draft_model,
                                        tensor_parallel_size=tensor_parallel_size,
                                        feature_impl=feature_impl).items() if v is not None}
-    specs = expand_all(list(grids or ["all"]), profile, overrides=overrides)
+    specs = expand_all(list(dict.fromkeys(grids or ["all"])), profile, overrides=overrides)
+    check_folders(dict.fromkeys(run_dir(s.profile, s.grid, outputs) for s in specs))
     if only:
         known = {s.run_id for s in specs}
         unknown = [r for r in only if r not in known]
@@ -53,20 +80,26 @@ def _state_table(states, estimate) -> Table:
     for col in ( "requests", "tokens", "temp", "draft", "adaptive", "threshold", "ncu", "status",
                 "time"):
         table.add_column(col)
-    colour = {"done": "green", "failed": "red", "refused": "red", "stale": "yellow", "pending": "white"}
+    colour = {"done": "green", "failed": "red", "refused": "red", "corrupt": "red", "stale": "yellow",
+              "pending": "white"}
     for st in states:
         s = st.spec
         table.add_row(s.grid, s.run_id, str(s.num_requests), str(s.max_new_tokens), str(s.temperature),
                       str(s.num_speculative_tokens), "on" if s.adaptive_draft_length else "off",
                       str(s.confidence_threshold), "on" if s.ncu else "off",
-                      f"[{colour[st.status]}]{st.status}[/]" + (f" ({st.reason[:60]})" if st.reason else ""),
+                      f"[{colour[st.status]}]{st.status}[/]" + (f" ({st.reason})" if st.reason else ""),
                       _fmt_s(st.duration_s if st.status == "done" else estimate))
     return table
 
 
+def _one_line(text) -> str:
+    """A multi-line message (a traceback's last lines, a YAML excerpt) as one line: ` | ` between lines."""
+    return re.sub(r"\s*\n\s*", " | ", str(text).strip())
+
+
 def _say_error(error) -> None:
     """One line on stderr, however long (rich would wrap it at the console width)."""
-    err.print(f"nwor: error: {error}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"nwor: error: {_one_line(error)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _fail(error: NworError) -> None:
@@ -75,13 +108,15 @@ def _fail(error: NworError) -> None:
 
 
 @app.command()
-def plan(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt, outputs: Optional[str] = OutputsOpt):
+def plan(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt, outputs: Optional[str] = OutputsOpt,
+         target_model: Optional[str] = TargetOpt, draft_model: Optional[str] = DraftOpt,
+         tensor_parallel_size: Optional[int] = TensorParallelOpt, feature_impl: Optional[str] = FeatureImplOpt):
     """Table of runs with their parameters, status and estimated time."""
     from nwor.grid import load_profile
     from nwor.suite import estimate_s, run_state
 
     try:
-        specs = _specs(grids, profile)
+        specs = _specs(grids, profile, None, target_model, draft_model, tensor_parallel_size, feature_impl, outputs)
         states = [run_state(s, outputs) for s in specs]
         estimate = estimate_s(states, load_profile(profile).estimate_s_per_run)
     except NworError as e:
@@ -94,21 +129,25 @@ def plan(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt, outpu
 
 
 @app.command()
-def status(profile: str = ProfileOpt, outputs: Optional[str] = OutputsOpt):
-    """Counts of done / failed / stale / pending runs for a profile."""
+def status(profile: str = ProfileOpt, outputs: Optional[str] = OutputsOpt, target_model: Optional[str] = TargetOpt,
+           draft_model: Optional[str] = DraftOpt, tensor_parallel_size: Optional[int] = TensorParallelOpt,
+           feature_impl: Optional[str] = FeatureImplOpt):
+    """Counts of done / failed / refused / corrupt / stale / pending runs for a profile."""
     from collections import Counter
 
     from nwor.suite import run_state
 
     try:
-        states = [run_state(s, outputs) for s in _specs(None, profile)]
+        specs = _specs(None, profile, None, target_model, draft_model, tensor_parallel_size, feature_impl, outputs)
+        states = [run_state(s, outputs) for s in specs]
     except NworError as e:
         _fail(e)
     counts = Counter(st.status for st in states)
     out.print(f"profile {profile}: " + ", ".join(f"{counts[k]} {k}" for k in
-                                                  ("done", "failed", "refused", "stale", "pending") if counts[k]))
+                                                  ("done", "failed", "refused", "corrupt", "stale", "pending")
+                                                  if counts[k]))
     for st in states:
-        if st.status in ("failed", "refused"):
+        if st.status in ("failed", "refused", "corrupt"):
             out.print(f"  {st.status}: {st.spec.grid}/{st.spec.run_id}: {st.reason}", markup=False)
 
 
@@ -117,22 +156,23 @@ def run(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt,
         only: Optional[List[str]] = typer.Option(None, "--only", help="run only these run ids (repeatable)"),
         force: bool = typer.Option(False, "--force", help="rerun runs that are already done"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and run nothing"),
-        target_model: Optional[str] = typer.Option(None, help="override the profile's target model"),
-        draft_model: Optional[str] = typer.Option(None, help="override the profile's draft model"),
-        tensor_parallel_size: Optional[int] = typer.Option(None, help="override tensor parallel size"),
-        feature_impl: Optional[str] = typer.Option(None, help="auto | native | plugin"),
+        target_model: Optional[str] = TargetOpt, draft_model: Optional[str] = DraftOpt,
+        tensor_parallel_size: Optional[int] = TensorParallelOpt, feature_impl: Optional[str] = FeatureImplOpt,
         outputs: Optional[str] = OutputsOpt):
     """Execute each pending run in a fresh kernel (papermill); resumable, one runner per outputs folder."""
+    from nwor.engine import check_engine_settings
     from nwor.grid import load_profile
     from nwor.suite import estimate_s, run_state
 
     try:
-        specs = _specs(grids, profile, only, target_model, draft_model, tensor_parallel_size, feature_impl)
+        specs = _specs(grids, profile, only, target_model, draft_model, tensor_parallel_size, feature_impl, outputs)
         states = [run_state(s, outputs) for s in specs]
         estimate = estimate_s(states, load_profile(profile).estimate_s_per_run)
+        todo = [s for s in states if force or s.status != "done"]
+        if not dry_run:
+            check_engine_settings([s.spec for s in todo])  # before any kernel starts
     except NworError as e:
         _fail(e)
-    todo = [s for s in states if force or s.status != "done"]
     if dry_run:
         out.print(_state_table(states, estimate))
         out.print(f"dry run: {len(todo)} of {len(states)} runs would execute")
@@ -150,14 +190,41 @@ def run(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt,
             find_ncu()
         except NcuNotAvailable as e:  # said once per suite; each run records it in its JSON
             out.print(f"[yellow]Nsight Compute unavailable here ({e}); ncu runs record 'unavailable'.[/]")
-    ok = _run_with_progress(states, len(todo), estimate, outputs, force)
+    from nwor import reaper
+    from nwor.execute import run_dir
+    from nwor.files import check_writable, describe_os_error
+
+    try:
+        for folder in dict.fromkeys(run_dir(s.spec.profile, s.spec.grid, outputs).parent for s in todo):
+            check_writable(folder)  # a read-only or full outputs folder: one line, before any progress bar
+    except OSError as e:
+        _fail(ConfigError(describe_os_error(e)))
+    ended = reaper.reap_orphans()
+    if ended:
+        out.print(f"ended {ended} processes (vLLM engines, kernels) left behind by a killed nwor run")
+    rid = reaper.mark_runner()
+    try:
+        ok = _run_with_progress(states, len(todo), estimate, outputs, force, rid)
+    finally:
+        reaper.reap(rid)  # nothing this runner started outlives it, however it ends
     raise typer.Exit(0 if ok else 1)
 
 
-def _run_with_progress(states, n_todo, estimate, outputs, force) -> bool:
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, CI cancellation): stops the suite the way Ctrl-C does."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _run_with_progress(states, n_todo, estimate, outputs, force, rid) -> bool:
+    from nwor import reaper
     from nwor.suite import run_suite
 
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+    # Rounded: the run bar counts seconds against the estimate, which rich would print as raw floats.
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     results = {}
     with Progress(*columns, console=err, transient=False) as bar:
@@ -170,6 +237,7 @@ def _run_with_progress(states, n_todo, estimate, outputs, force) -> bool:
                 started[0] = time.monotonic()
                 bar.reset(run_task, total=estimate or 60, description=state.spec.run_id)
             else:
+                reaper.reap(rid)  # an engine the run's kernel left behind would hold its memory for the next
                 results[state.spec.run_id] = state
                 bar.update(run_task, completed=estimate or 60)
                 bar.advance(suite_task)
@@ -188,14 +256,16 @@ def _run_with_progress(states, n_todo, estimate, outputs, force) -> bool:
                     bar.update(run_task, completed=min(time.monotonic() - started[0], (estimate or 60) * 0.99))
 
             threading.Thread(target=tick, daemon=True).start()
+            signal.signal(signal.SIGTERM, _on_sigterm)
             run_suite([s.spec for s in states], root=outputs, force=force, progress=progress)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             left = n_todo - len(results)
             err.print(f"interrupted: {left} runs remain; run the same command to resume")
-            raise typer.Exit(130)
+            raise typer.Exit(128 + (signal.SIGTERM if isinstance(interrupt, _Terminated) else signal.SIGINT))
         except NworError as e:
             _fail(e)
         finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             stop.set()
     failed = [s for s in results.values() if s.status != "done"]
     out.print(f"{len(results) - len(failed)} runs done, {len(failed)} failed or refused")
@@ -235,13 +305,20 @@ def ncu_summarize(path: str = typer.Argument(..., help="a .ncu-rep report or an 
         out.print(summarize(path), markup=False, highlight=False)
     except NworError as e:
         _fail(e)
+    except UnicodeDecodeError as e:
+        _fail(ConfigError(f"{path}: not an ncu CSV export (not UTF-8 text: byte {e.start} is {e.object[e.start]:#04x})"))
 
 
 def main() -> None:
+    from nwor.files import describe_os_error
+
     try:
         app()
     except NworError as e:  # anything that escaped a command: still one line and exit 2
         _say_error(e)
+        sys.exit(2)
+    except OSError as e:  # a read-only or full outputs folder, a file where a folder should be
+        _say_error(describe_os_error(e))
         sys.exit(2)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -14,6 +15,7 @@ METHODS = ("eagle", "ngram", "none")
 FEATURE_IMPLS = ("auto", "native", "plugin")
 NCU_MODES = ("after", "instead")
 NCU_REPLAY_MODES = ("app-range", "kernel")
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")  # the names vLLM's --dtype accepts
 ARM_DESIGNS = ("auto", "engines")
 # Keys an arm may set besides RunSpec fields; RunSpec fields that name or shape the run itself may not vary.
 ARM_EXTRA_KEYS = ("name", "load_plugin", "label")
@@ -137,7 +139,8 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (inf would pass every range check below and break sampling or timeouts)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _looks_local(model: str) -> bool:
@@ -170,6 +173,9 @@ def _validate(spec: RunSpec) -> None:
            "gpu_memory_utilization", "must be in (0, 1]", spec.gpu_memory_utilization)
     _check(_is_number(spec.ncu_timeout_s) and spec.ncu_timeout_s > 0, "ncu_timeout_s", "must be > 0",
            spec.ncu_timeout_s)
+    _check(spec.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}", spec.dtype)
+    _check(spec.attention_backend is None or (isinstance(spec.attention_backend, str) and spec.attention_backend),
+           "attention_backend", "must be None or a vLLM backend name such as FLASH_ATTN", spec.attention_backend)
     _check(spec.tiny_models in ("cpu", "gpu", "llama8b-shaped"), "tiny_models", "must be cpu, gpu or llama8b-shaped",
            spec.tiny_models)
     _check(spec.method in METHODS, "method", f"must be one of {', '.join(METHODS)}", spec.method)
@@ -184,6 +190,8 @@ def _validate(spec: RunSpec) -> None:
         _check(isinstance(getattr(spec, name), bool), name, "must be true or false", getattr(spec, name))
     _check(isinstance(spec.run_id, str) and spec.run_id and "/" not in spec.run_id and not spec.run_id.startswith("."),
            "run_id", "must be a non-empty file name", spec.run_id)
+    _check(not isinstance(spec.ncu_metrics, str), "ncu_metrics",
+           "must be a list of metric names, not one string (write [name])", spec.ncu_metrics)
     _check(bool(spec.ncu_metrics) and all(isinstance(m, str) and m for m in spec.ncu_metrics),
            "ncu_metrics", "must be a non-empty list of metric names", spec.ncu_metrics)
     if spec.draft_length_options is not None:
@@ -201,6 +209,8 @@ def _validate(spec: RunSpec) -> None:
         model = getattr(spec, name)
         if model and _looks_local(model):
             _check(Path(model).expanduser().is_dir(), name, "no such local model folder", model)
+            _check((Path(model).expanduser() / "config.json").is_file(), name,
+                   "not a model folder (no config.json in it)", model)
     _validate_arms(spec)
 
 

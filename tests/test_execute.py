@@ -20,8 +20,8 @@ SPEC = RunSpec(run_id="run3_x_adaptive1", grid="adaptive_grid", profile="smoke")
 
 def test_outputs_root_default_and_env(tmp_path, monkeypatch):
     monkeypatch.delenv(OUTPUTS_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert outputs_root() == (tmp_path / "outputs").resolve()
+    monkeypatch.chdir(tmp_path)  # e.g. JupyterLab's notebooks/: the project's outputs/, not the CWD's
+    assert outputs_root() == Path(__file__).resolve().parents[1] / "outputs"
     monkeypatch.setenv(OUTPUTS_ENV, str(tmp_path / "elsewhere"))
     assert outputs_root() == (tmp_path / "elsewhere").resolve()
 
@@ -148,3 +148,20 @@ def test_run_notebook_failure_writes_failed_record(tmp_path, monkeypatch):
     assert "engine exploded: run3_x_adaptive1" in doc["error"]["message"]
     assert Path(doc["error"]["notebook"]).exists()
     assert info.value.context["exception"] == "RuntimeError"
+
+
+def test_each_attempt_starts_a_fresh_vllm_log(tmp_path, monkeypatch):
+    # A stand-in run notebook that writes a line to its vLLM log, then fails: the second attempt's log
+    # must not keep the first attempt's line.
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    params = "\n".join(f"{name} = None" for name in (*SPEC_FIELDS, *PATH_PARAMETERS))
+    nb.cells = [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("open(log_path, 'a').write('attempt\\n')\nraise RuntimeError('x')")]
+    notebook = tmp_path / "fake_run.ipynb"
+    nbformat.write(nb, notebook)
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        with pytest.raises(RunFailed):
+            run_notebook(SPEC, root=tmp_path / "out", notebook=notebook)
+    assert Path(run_paths(SPEC, root=tmp_path / "out")[1]).read_text() == "attempt\n"

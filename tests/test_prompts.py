@@ -67,7 +67,7 @@ def test_local_jsonl_named_field(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(json.dumps({"question": f"q{i}", "prompt": "x"}) for i in range(3)))
     assert sorted(load_prompts(f"{path}#question")) == ["q0", "q1", "q2"]
-    with pytest.raises(ConfigError, match="no column named answer"):
+    with pytest.raises(ConfigError, match="line 1: no field 'answer'"):
         load_prompts(f"{path}#answer")
 
 
@@ -75,6 +75,50 @@ def test_local_json_text_field_and_dedup(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps([{"text": "one"}, {"text": "two"}, {"text": "one"}]))
     assert sorted(load_prompts(str(path))) == ["one", "two"]
+
+
+def _write(path, content):
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return str(path)
+
+
+@pytest.mark.parametrize(("name", "content", "needle"), [
+    # the blank line 2 counts: the message names the line a person sees in an editor
+    ("p.jsonl", '{"prompt": "a"}\n\n{"prompt": "b"\n', "p.jsonl line 3: not valid JSON"),
+    ("p.jsonl", "", "p.jsonl is empty"),
+    ("p.jsonl", "\n\n", "p.jsonl holds no prompts"),
+    ("p.jsonl", '{"prompt": "a"}\n{"text": "b"}\n', "p.jsonl line 2: no field 'prompt'"),
+    ("p.jsonl", '{"other": "a"}\n', "p.jsonl line 1: no field 'prompt' or 'text' or 'instruction'"),
+    ("p.jsonl", '{"prompt": "a"}\n{"prompt": null}\n', "p.jsonl line 2: field 'prompt' is null, not text"),
+    ("p.jsonl", '{"prompt": 7}\n', "p.jsonl line 1: field 'prompt' is int, not text"),
+    ("p.jsonl", '["a"]\n', "p.jsonl line 1: expected an object or a string, got list"),
+    ("p.json", '{"prompt": "a"}', "p.json: expected a JSON list of objects or strings, got a dict"),
+    ("p.json", '[{"prompt": "a"},\n {"prompt": }]', "p.json line 2: not valid JSON"),
+    ("p.parquet", b"PAR1 this is not parquet", "p.parquet: not a readable parquet file"),
+    ("p.txt", b"caf\xe9\n", "p.txt: not UTF-8 text (byte 3)"),
+])
+def test_local_file_faults_are_one_config_error_naming_file_and_line(tmp_path, name, content, needle):
+    with pytest.raises(ConfigError) as info:
+        load_prompts(_write(tmp_path / name, content))
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_local_parquet_and_null_row(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "p.parquet"
+    pd.DataFrame({"prompt": ["x", "y"]}).to_parquet(path)
+    assert sorted(load_prompts(str(path))) == ["x", "y"]
+    pd.DataFrame({"prompt": ["x", None]}).to_parquet(path)
+    with pytest.raises(ConfigError, match="p.parquet row 2: field 'prompt' is null"):
+        load_prompts(str(path))
+
+
+def test_local_json_list_of_strings(tmp_path):
+    assert sorted(load_prompts(_write(tmp_path / "p.json", '["b", "a"]'))) == ["a", "b"]
 
 
 def test_local_txt(tmp_path):

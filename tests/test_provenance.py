@@ -40,3 +40,28 @@ def test_recorded_env_keeps_engine_variables_only():
     env = provenance.recorded_env({"VLLM_X": "1", "NWOR_Y": "2", "TARGET_MODEL": "m", "SECRET_TOKEN": "s",
                                    "HF_TOKEN": "hf_x", "VLLM_API_KEY": "k"})
     assert env == {"NWOR_Y": "2", "TARGET_MODEL": "m", "VLLM_X": "1"}
+
+
+def test_lock_state_hashes_the_lock_and_names_mismatches(tmp_path):
+    import hashlib
+    from importlib.metadata import version
+
+    lock = tmp_path / provenance.LOCK_FILE
+    lock.parent.mkdir()
+    lock.write_text(f"# header\nPyTest=={version('pytest')}\nnumpy==0.0.1\n")
+    state = provenance.lock_state(tmp_path)
+    assert state["lock_sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
+    assert state["lock_matches"] is False
+    assert state["lock_mismatches"] == [f"numpy==0.0.1 (installed: {version('numpy')})"]
+    lock.write_text(f"pytest=={version('pytest')}\n")
+    assert provenance.lock_state(tmp_path)["lock_matches"] is True
+    assert provenance.lock_state(tmp_path / "none")["lock_sha256"] is None
+
+
+def test_the_checkouts_lock_pins_torch_and_vllm():
+    text = (provenance.Path(provenance.nwor.__file__).resolve().parents[1] / provenance.LOCK_FILE).read_text()
+    assert "\ntorch==" in text and "\nvllm-cpu==" in text
+
+
+def test_runner_id_is_not_recorded():
+    assert provenance.recorded_env({"NWOR_RUNNER_ID": "1-2", "NWOR_OUTPUTS": "o"}) == {"NWOR_OUTPUTS": "o"}

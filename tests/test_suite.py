@@ -66,14 +66,19 @@ def test_failed_with_other_params_is_stale(tmp_path):
     assert run_state(SPEC, root=tmp_path).status == "stale"
 
 
-@pytest.mark.parametrize("text", ['{"schema_version": 99, "status": "ok"}', "{broken",
-                                  '{"schema_version": 1, "status": "ok"}'])  # 1: before design/replicates
-def test_stale_on_other_schema_or_broken_json(tmp_path, text):
+@pytest.mark.parametrize(("text", "status", "needle"), [
+    ('{"schema_version": 99, "status": "ok"}', "stale", "schema_version 99, this nwor reads"),
+    ('{"schema_version": 1, "status": "ok"}', "stale", "schema_version 1, this nwor reads"),  # before design/replicates
+    ("{broken", "corrupt", "cannot read result"),
+    ("[1, 2]", "corrupt", "not a nwor result"),
+    ('{"schema_version": 2, "status": "maybe", "spec": {}}', "corrupt", "no valid status or spec"),
+])
+def test_other_schema_is_stale_and_unreadable_json_corrupt(tmp_path, text, status, needle):
     path = _result_path(SPEC, tmp_path)
     path.parent.mkdir(parents=True)
     path.write_text(text)
     st = run_state(SPEC, root=tmp_path)
-    assert st.status == "stale" and st.reason
+    assert st.status == status and needle in st.reason and str(path.name) in st.reason
 
 
 def test_estimate():
@@ -126,3 +131,20 @@ def test_unreadable_lock_is_cleared(tmp_path):
     (tmp_path / ".nwor.lock").write_text("not json")
     with SuiteLock(tmp_path):
         pass
+
+
+def test_log_keeps_each_event_on_one_line_and_closes_abandoned_starts(tmp_path):
+    from nwor.suite import GRID_LOG, MASTER_LOG, SuiteLog
+
+    log = SuiteLog(tmp_path / "smoke", tmp_path)
+    other = RunSpec(run_id="run2_x", grid="adaptive_grid", profile="smoke")
+    log.write(SPEC, "START")
+    log.write(other, "START")
+    log.write(other, "ERROR", "RuntimeError: boom\n  File x, line 2\nmore")
+    log.close_abandoned()  # what the next runner does first: SPEC's runner was killed
+    log.close_abandoned()  # and only once
+    lines = (tmp_path / "smoke" / MASTER_LOG).read_text().splitlines()
+    assert len(lines) == 4
+    assert lines[2].endswith("ERROR    adaptive_grid/run2_x RuntimeError: boom | File x, line 2 | more")
+    assert f"ABANDONED adaptive_grid/{SPEC.run_id} its runner stopped" in lines[3]
+    assert (tmp_path / "smoke" / "adaptive_grid" / GRID_LOG).read_text().splitlines()[-1] == lines[3]
