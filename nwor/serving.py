@@ -58,6 +58,11 @@ def sum_counters(points: list[dict]) -> dict:
     return total
 
 
+def _display_arg(arg: str) -> str:
+    """A command-line argument as results record it: no home folder (also inside JSON values)."""
+    return provenance.display_path(arg) if arg.startswith("/") else arg.replace(str(Path.home()), "~")
+
+
 def _arm_summary(points: list[dict]) -> dict:
     """An arm over all its instances' points: tokens/s over the whole sweep, spec-decode over all points."""
     duration = sum(p["duration_s"] or 0 for p in points)
@@ -101,8 +106,8 @@ def measure_serving(spec: RunSpec, *, result_path: str | Path, log_path: str | P
                          "latency_s": p["duration_s"], "num_output_tokens": p["num_output_tokens"],
                          "output_tokens_per_s": p["output_tokens_per_s"]} for p in points],
             "counters": {arm: sum_counters(points)}, "sweep": points,
-            "server": {"argv": [provenance.display_path(a) if a.startswith("/") else a for a in server.argv],
-                       "env": server.env, "log": (folder / f"{prefix}.server.log").name,
+            "server": {"argv": [_display_arg(a) for a in server.argv],
+                       "env": server.env, "log": (folder / f"{prefix}.server.log").name, "pid": server.process.pid,
                        "effective_plugin_config": (points[-1]["plugin"] or {}).get("config") if points else None},
         })
     run_points = [{"instance": r["instance"], **p} for r in replicates if r["arms"] == [RUN] for p in r["sweep"]]
