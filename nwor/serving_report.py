@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ def sweep_frame(docs: list[dict]) -> pd.DataFrame:
     """
     rows = []
     for doc in docs:
-        if doc.get("status") != "ok" or "serving" not in doc:
+        if doc.get("status") != "ok" or not isinstance(doc.get("serving"), dict):
             continue
         for rep in doc["replicates"]:
             for point in rep["sweep"]:
@@ -33,6 +34,21 @@ def sweep_frame(docs: list[dict]) -> pd.DataFrame:
                              "workload": (doc.get("workload") or {}).get("name"), "arm": rep["arms"][0],
                              "instance": rep["instance"], **flat})
     return pd.DataFrame(rows)
+
+
+def load_sweeps(folder: str | Path) -> pd.DataFrame:
+    """`sweep_frame` of every result JSON in a grid folder (e.g. outputs/smoke/serving_grid); unreadable,
+    failed and non-serving results are left out."""
+    from nwor.errors import SchemaError
+    from nwor.results import read_result
+
+    docs = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            docs.append(read_result(path))
+        except SchemaError:
+            continue
+    return sweep_frame(docs)
 
 
 def _interval(run: np.ndarray, base: np.ndarray, rng: np.random.Generator) -> tuple[float | None, float | None]:

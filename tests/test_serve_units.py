@@ -228,3 +228,18 @@ def test_effect_interval_over_instances_contains_the_effect():
 def test_effect_vs_load_unknown_metric():
     with pytest.raises(KeyError, match="no metric"):
         effect_vs_load(_frame({("run", 0, 1): 1.0}), "nope")
+
+
+def test_load_sweeps_reads_a_grid_folder_and_skips_what_is_not_a_serving_result(tmp_path):
+    from nwor.results import SCHEMA_VERSION
+    from nwor.serving_report import load_sweeps
+
+    doc = {"schema_version": SCHEMA_VERSION, "status": "ok", "run_id": "r1", "grid": "serving_grid",
+           "workload": {"name": "w"}, "serving": {},
+           "replicates": [{"instance": 0, "arms": ["run"], "sweep": [{"concurrency": 1, "output_tokens_per_s": 5.0,
+                                                                      "counters": {}, "plugin": None}]}]}
+    (tmp_path / "r1.json").write_text(json.dumps(doc))
+    (tmp_path / "offline.json").write_text(json.dumps({**doc, "run_id": "o", "serving": None, "replicates": []}))
+    (tmp_path / "broken.json").write_text("{")
+    frame = load_sweeps(tmp_path)
+    assert frame[["run_id", "arm", "concurrency", "output_tokens_per_s"]].values.tolist() == [["r1", "run", 1, 5.0]]
