@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import time
 from pathlib import Path
 
 from nwor import metrics as m
 from nwor.config import RunSpec
 from nwor.errors import ServerError
-from nwor.serve import Server, plugin_call, scrape_metrics, vllm_cli
+from nwor.engine import quiet_streams
+from nwor.serve import Server, plugin_call, scrape_metrics
 
 CLIENT_TIMEOUT_S = 3600.0
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")  # the client's names: e2el is end-to-end latency
@@ -71,13 +71,13 @@ def write_dataset(path: Path, prompts: list[str]) -> Path:
     return path
 
 
-def client_argv(spec: RunSpec, server: Server, model: str, dataset: Path, num_prompts: int, concurrency: int,
+def client_args(spec: RunSpec, server: Server, model: str, dataset: Path, num_prompts: int, concurrency: int,
                 result_file: Path) -> list[str]:
-    """`vllm bench serve` for one load point: the run's sampling settings, raw prompts (no chat template, as
-    offline), a fixed output length, percentiles in the house set, goodput for the run's SLOs."""
+    """`vllm bench serve` arguments for one load point: the run's sampling settings, raw prompts (no chat
+    template, as offline), a fixed output length, percentiles in the house set, goodput for the run's SLOs."""
     rate = "inf" if spec.serve_request_rate is None else str(spec.serve_request_rate)
-    argv = vllm_cli(
-        "bench", "serve", "--backend", "openai", "--base-url", server.base_url, "--endpoint", "/v1/completions",
+    args = [
+        "--backend", "openai", "--base-url", server.base_url, "--endpoint", "/v1/completions",
         "--model", model, "--dataset-name", "custom", "--dataset-path", str(dataset),
         "--num-prompts", str(num_prompts), "--no-oversample", "--disable-shuffle", "--skip-chat-template",
         "--custom-output-len", str(spec.max_new_tokens), "--max-concurrency", str(concurrency),
@@ -85,14 +85,14 @@ def client_argv(spec: RunSpec, server: Server, model: str, dataset: Path, num_pr
         "--percentile-metrics", ",".join(LATENCY_METRICS),
         "--metric-percentiles", ",".join(str(p) for p in CLIENT_PERCENTILES),
         "--seed", str(spec.seed), "--disable-tqdm", "--save-result",
-        "--result-dir", str(result_file.parent), "--result-filename", result_file.name)
+        "--result-dir", str(result_file.parent), "--result-filename", result_file.name]
     if spec.ignore_eos:
-        argv.append("--ignore-eos")
+        args.append("--ignore-eos")
     slos = {"ttft": spec.serve_slo_ttft_ms, "tpot": spec.serve_slo_tpot_ms}
     goodput = [f"{k}:{v}" for k, v in slos.items() if v is not None]
     if goodput:
-        argv += ["--goodput", *goodput]
-    return argv
+        args += ["--goodput", *goodput]
+    return args
 
 
 def _number(value):
@@ -139,24 +139,39 @@ def _plugin_fields(stats: dict | None) -> dict | None:
             "config": stats.get("config")}
 
 
-def run_client(argv: list[str], result_file: Path, log_path: Path) -> dict:
-    """Run `vllm bench serve`, its output appended to `log_path`; return its saved JSON.
+def run_client(args: list[str], result_file: Path, log_path: Path) -> dict:
+    """Run vLLM's `vllm bench serve` (its Python entry, in a worker thread: a notebook kernel already runs an
+    event loop; one import of vLLM instead of one per point), its output appended to `log_path`.
+
+    Returns:
+        The client's saved result JSON.
 
     Raises:
-        ServerError: the client failed, timed out or saved nothing (names its log).
+        ServerError: the client raised or saved nothing (names its log).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vllm.benchmarks.serve import add_cli_args, main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(prog="vllm bench serve")
+    add_cli_args(parser)
+    namespace = parser.parse_args(args)
     result_file.unlink(missing_ok=True)
-    with open(log_path, "ab") as log:
-        log.write(("\n$ " + " ".join(argv) + "\n").encode())
-        log.flush()
-        try:
-            code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=CLIENT_TIMEOUT_S).returncode
-        except subprocess.TimeoutExpired:
-            raise ServerError(f"vllm bench serve ran past {CLIENT_TIMEOUT_S:.0f} s; see {log_path}",
-                              log_path=str(log_path)) from None
-    if code != 0 or not result_file.exists():
-        raise ServerError(f"vllm bench serve failed (exit {code}); see {log_path}", log_path=str(log_path))
+    with open(log_path, "a") as log:
+        log.write("\n$ vllm bench serve " + " ".join(args) + "\n")
+    pool = ThreadPoolExecutor(1)
+    try:
+        with quiet_streams(log_path):
+            pool.submit(main, namespace).result(timeout=CLIENT_TIMEOUT_S)
+    except Exception as err:  # the client's own errors (ValueError, aiohttp, timeouts) all end the point
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise ServerError(f"vllm bench serve failed ({type(err).__name__}: {first}); see {log_path}",
+                          log_path=str(log_path)) from None
+    finally:
+        pool.shutdown(wait=False)  # a hung client must not hang the run; stopping the server ends it
+    if not result_file.exists():
+        raise ServerError(f"vllm bench serve saved no result; see {log_path}", log_path=str(log_path))
     return json.loads(result_file.read_text())
 
 
@@ -169,12 +184,12 @@ def run_point(spec: RunSpec, server: Server, model: str, prompts: list[str], con
     """
     dataset = write_dataset(folder / f"{name}.prompts.jsonl", prompts)
     result_file = folder / f"{name}.client.json"
-    argv = client_argv(spec, server, model, dataset, len(prompts), concurrency, result_file)
+    args = client_args(spec, server, model, dataset, len(prompts), concurrency, result_file)
     if plugin:
         plugin_call(server, "reset")
     before = parse_metrics(scrape_metrics(server))
     started = time.perf_counter()
-    client = run_client(argv, result_file, client_log)
+    client = run_client(args, result_file, client_log)
     wall_s = time.perf_counter() - started
     counters = m.diff(before, parse_metrics(scrape_metrics(server)))
     record = point_record(client, counters, plugin_call(server, "stats") if plugin else None)

@@ -4,7 +4,6 @@ stopping a whole process group (real processes), and the effect-vs-load arithmet
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ from nwor import metrics as m
 from nwor.config import RunSpec, hash_params
 from nwor.errors import ConfigError, ServerError
 from nwor.features import Capability, plan_features
-from nwor.load import client_argv, concurrency_levels, parse_metrics, point_record, slice_prompts
+from nwor.load import client_args, concurrency_levels, parse_metrics, point_record, slice_prompts
 from nwor.serve import HOST, Server, engine_flags, server_argv, stop_server, wait_ready
 from nwor.serving import BASELINE, RUN, arm_specs, instance_order, sum_counters
 from nwor.serving_report import effect_vs_load, plot_effect_vs_load, sign_changes, sweep_frame
@@ -126,10 +125,10 @@ def test_server_argv_carries_the_plan_and_the_speculative_config():
     assert "--no-enable-prefix-caching" in argv and plan.uses_plugin
 
 
-def test_client_argv_for_one_point():
+def test_client_args_for_one_point():
     spec = RunSpec(max_new_tokens=24, temperature=0.7, ignore_eos=False, serve_slo_ttft_ms=500.0, **SERVING)
     server = Server(process=None, port=1234, argv=[], env={}, log_path=Path("s.log"))
-    argv = client_argv(spec, server, "/m/target", Path("d/p.jsonl"), 8, 4, Path("d/r.json"))
+    argv = client_args(spec, server, "/m/target", Path("d/p.jsonl"), 8, 4, Path("d/r.json"))
     value = {flag: argv[argv.index(flag) + 1] for flag in ("--base-url", "--max-concurrency", "--num-prompts",
                                                            "--custom-output-len", "--request-rate", "--temperature",
                                                            "--result-dir", "--result-filename", "--goodput")}
@@ -188,7 +187,6 @@ def test_stop_server_kills_the_whole_group_even_when_sigterm_is_ignored(tmp_path
     for pid in (server.process.pid, child):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     stop_server(server)  # idempotent
-    assert signal.SIGTERM  # (the group ignored it; SIGKILL ended it)
 
 
 def _frame(values: dict) -> "object":
