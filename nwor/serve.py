@@ -20,6 +20,7 @@ from nwor.config import RunSpec
 from nwor.engine import engine_kwargs
 from nwor.errors import ServerError
 from nwor.features import FeaturePlan
+from nwor.plugin import ENV_VAR as PLUGIN_ENV_VAR
 from nwor.vllm_cli import DIE_WITH_PARENT_ENV
 
 HOST = "127.0.0.1"  # loopback only: the server is never reachable from another machine
@@ -134,8 +135,11 @@ def start_server(spec: RunSpec, models: dict, plan: FeaturePlan, log_path: str |
     env = {**plan.env, DIE_WITH_PARENT_ENV: "1", "VLLM_SERVER_DEV_MODE": "1" if plan.uses_plugin else "0"}
     log = open(log_path, "ab")
     started = time.monotonic()
+    # An inherited plugin config (an offline engine started earlier in this process sets it) must not reach
+    # an arm whose plan has none.
+    inherited = {k: v for k, v in os.environ.items() if k != PLUGIN_ENV_VAR}
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, **env}, start_new_session=True)
+                               env={**inherited, **env}, start_new_session=True)
     server = Server(process, port, argv, env, log_path, _log=log)
     _LIVE.add(server)
     try:
