@@ -126,6 +126,7 @@ def measure_serving(spec: RunSpec, *, result_path: str | Path, log_path: str | P
                           "confidence_threshold": arm.confidence_threshold} for name, arm in arms.items()]},
         replicates=replicates,
         serving={"levels": levels, "requests_per_level": [requests_at(spec, c) for c in levels],
+                 "aa": arms[RUN] == arms[BASELINE],  # an A/A run: both arms have the same settings
                  "request_rate": spec.serve_request_rate,
                  "slo_ms": {"ttft": spec.serve_slo_ttft_ms, "tpot": spec.serve_slo_tpot_ms},
                  "client": "vllm bench serve", "artifacts": folder.name, "arms": {BASELINE: baseline_metrics}},

@@ -31,7 +31,8 @@ def sweep_frame(docs: list[dict]) -> pd.DataFrame:
             for point in rep["sweep"]:
                 flat = {k: v for k, v in point.items() if not isinstance(v, (dict, list))}
                 rows.append({"run_id": doc["run_id"], "grid": doc["grid"],
-                             "workload": (doc.get("workload") or {}).get("name"), "arm": rep["arms"][0],
+                             "workload": (doc.get("workload") or {}).get("name"),
+                             "aa": bool(doc["serving"].get("aa")), "arm": rep["arms"][0],
                              "instance": rep["instance"], **flat})
     return pd.DataFrame(rows)
 
@@ -84,7 +85,8 @@ def effect_vs_load(frame: pd.DataFrame, metric: str = "output_tokens_per_s", see
         base_mean = float(base.mean()) if len(base) else None
         effect = run_mean / base_mean - 1 if run_mean is not None and base_mean else None
         low, high = _interval(run, base, rng) if effect is not None else (None, None)
-        rows.append({"run_id": run_id, "concurrency": int(concurrency), "metric": metric, "run": run_mean,
+        rows.append({"run_id": run_id, "workload": cell["workload"].iloc[0], "aa": bool(cell["aa"].iloc[0]),
+                     "concurrency": int(concurrency), "metric": metric, "run": run_mean,
                      "baseline": base_mean, "effect": effect, "low": low, "high": high,
                      "instances_run": len(run), "instances_baseline": len(base)})
     out = pd.DataFrame(rows)
@@ -100,6 +102,29 @@ def effect_vs_load(frame: pd.DataFrame, metric: str = "output_tokens_per_s", see
             if previous is not None and sign != previous:
                 out.loc[index, "sign_change"] = True
             previous = sign
+    return out
+
+
+def judge_against_aa(effects: pd.DataFrame) -> pd.DataFrame:
+    """`effects` plus the A/A band of the same workload and load point, and whether each effect is established.
+
+    The band is the A/A run's interval, or [min(0, e), max(0, e)] of its point effect without one. An effect
+    is established when its interval (its point, without one) lies wholly outside the band; A/A rows and
+    load points without an A/A run get null.
+    """
+    out = effects.copy()
+    out["aa_low"], out["aa_high"], out["established"] = None, None, None
+    aa = effects[effects["aa"]]
+    for index, row in effects[~effects["aa"]].iterrows():
+        match = aa[(aa["workload"] == row["workload"]) & (aa["concurrency"] == row["concurrency"])]
+        if match.empty or pd.isna(match["effect"].iloc[0]) or pd.isna(row["effect"]):
+            continue
+        ref = match.iloc[0]
+        low, high = (ref["low"], ref["high"]) if pd.notna(ref["low"]) else (min(0.0, ref["effect"]),
+                                                                          max(0.0, ref["effect"]))
+        lo, hi = (row["low"], row["high"]) if pd.notna(row["low"]) else (row["effect"], row["effect"])
+        out.at[index, "aa_low"], out.at[index, "aa_high"] = low, high
+        out.at[index, "established"] = bool(lo > high or hi < low)
     return out
 
 

@@ -189,17 +189,21 @@ def test_stop_server_kills_the_whole_group_even_when_sigterm_is_ignored(tmp_path
     stop_server(server)  # idempotent
 
 
-def _frame(values: dict) -> "object":
+def _doc(values: dict, run_id: str = "r1", aa: bool = False) -> dict:
     """values: {(arm, instance, concurrency): tokens/s} for one run."""
-    doc = {"status": "ok", "run_id": "r1", "grid": "serving_grid", "workload": {"name": "w"}, "serving": {},
-           "replicates": []}
+    doc = {"status": "ok", "run_id": run_id, "grid": "serving_grid", "workload": {"name": "w"},
+           "serving": {"aa": aa}, "replicates": []}
     by_instance: dict = {}
     for (arm, instance, concurrency), value in values.items():
         by_instance.setdefault((arm, instance), []).append(
             {"concurrency": concurrency, "output_tokens_per_s": value, "counters": {}, "plugin": None})
     for (arm, instance), sweep in by_instance.items():
         doc["replicates"].append({"instance": instance, "arms": [arm], "sweep": sweep})
-    return sweep_frame([doc, {"status": "failed", "run_id": "x"}])
+    return doc
+
+
+def _frame(values: dict):
+    return sweep_frame([_doc(values), {"status": "failed", "run_id": "x"}])
 
 
 def test_effect_vs_load_relative_difference_and_sign_change():
@@ -241,3 +245,16 @@ def test_load_sweeps_reads_a_grid_folder_and_skips_what_is_not_a_serving_result(
     (tmp_path / "broken.json").write_text("{")
     frame = load_sweeps(tmp_path)
     assert frame[["run_id", "arm", "concurrency", "output_tokens_per_s"]].values.tolist() == [["r1", "run", 1, 5.0]]
+
+
+def test_effects_are_judged_against_the_aa_band_of_the_same_workload_and_load():
+    from nwor.serving_report import judge_against_aa
+
+    aa = _doc({("baseline", 0, 1): 100.0, ("run", 1, 1): 104.0, ("baseline", 0, 2): 100.0, ("run", 1, 2): 98.0},
+              run_id="aa", aa=True)
+    run = _doc({("baseline", 0, 1): 100.0, ("run", 1, 1): 103.0, ("baseline", 0, 2): 100.0, ("run", 1, 2): 90.0})
+    judged = judge_against_aa(effect_vs_load(sweep_frame([aa, run]))).set_index(["run_id", "concurrency"])
+    assert judged.loc[("r1", 1), "established"] is False  # +3 % inside the A/A band [0, +4 %]
+    assert judged.loc[("r1", 2), "established"] is True  # -10 % outside [-2 %, 0]
+    assert judged.loc[("r1", 2), "aa_low"] == pytest.approx(-0.02, abs=1e-12)
+    assert judged.loc[("aa", 1), "established"] is None
