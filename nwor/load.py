@@ -200,10 +200,9 @@ def run_point(spec: RunSpec, server: Server, model: str, prompts: list[str], con
 
 
 def sweep(spec: RunSpec, server: Server, model: str, prompts: list[str], folder: Path, prefix: str,
-          client_log: Path, *, plugin: bool) -> tuple[dict, list[dict]]:
-    """Warm-up points (the spec's `warmup_batches`, at the top concurrency), then every load point.
-
-    Prompt positions are the same for every arm and instance, so points pair across arms.
+          client_log: Path, *, plugin: bool, rule) -> tuple[dict, list[dict]]:
+    """Warm-up points at the top concurrency until `rule` (nwor.design.WarmupRule) says stable or cap, then
+    every load point. Prompt positions are the same for every arm and instance, so points pair across arms.
 
     Returns:
         (warm-up record in the replicate contract's shape, the measured points in order).
@@ -213,15 +212,16 @@ def sweep(spec: RunSpec, server: Server, model: str, prompts: list[str], folder:
     """
     levels = concurrency_levels(spec.serve_max_concurrency)
     top, start, series = levels[-1], 0, []
-    for w in range(spec.warmup_batches):
+    ended_by = rule.verdict(series, [])
+    while ended_by is None:
         n = requests_at(spec, top)
         point = run_point(spec, server, model, slice_prompts(prompts, start, n), top, folder,
-                          f"{prefix}_warmup{w}", client_log, plugin=plugin)
+                          f"{prefix}_warmup{len(series)}", client_log, plugin=plugin)
         series.append(point["duration_s"])
         start += n
-    warmup = {"rule": {"name": "fixed", "points": spec.warmup_batches, "concurrency": top,
-                       "requests_per_point": requests_at(spec, top)},
-              "series_s": series, "batches": len(series), "ended_by": "cap"}
+        ended_by = rule.verdict(series, [prefix] * len(series))
+    warmup = {"rule": {**rule.to_dict(), "unit": f"load point at concurrency {top}, {requests_at(spec, top)} requests"},
+              "series_s": series, "batches": len(series), "ended_by": ended_by}
     points = []
     for position, concurrency in enumerate(levels):
         n = requests_at(spec, concurrency)

@@ -17,12 +17,14 @@ from nwor.errors import ServerError
 from nwor.execute import run_notebook
 from nwor.features import detect_capability, plan_features
 from nwor.serve import start_server
-from nwor.serving import BASELINE, RUN, artifacts_dir
+from nwor.serving import artifacts_dir
 from nwor.serving_report import effect_vs_load, sweep_frame
 
 pytestmark = pytest.mark.engine
+RUN, BASELINE = "run", "baseline"
 
 SPEC = dict(run_id="serve_test", grid="serving_grid", profile="adhoc", adaptive_draft_length=True,
+            arms=[{"name": "baseline", "adaptive_draft_length": False}], warmup_max_batches=1,
             num_speculative_tokens=4, max_new_tokens=16, warmup_batches=0, serve_max_concurrency=4,
             serve_requests_per_slot=1, serve_slo_ttft_ms=60000.0, serve_slo_tpot_ms=60000.0)
 
@@ -57,15 +59,19 @@ def test_no_server_or_engine_process_is_left(served):
     assert not leftovers
 
 
-def test_design_is_two_instances_baseline_first(served):
+def _by_arm(doc: dict) -> dict:
+    return {r["arms"][0]: r for r in doc["replicates"]}
+
+
+def test_design_is_one_server_per_arm(served):
     doc = served["doc"]
     assert doc["status"] == "ok"
-    assert doc["design"]["name"] == "engines-interleaved" and doc["design"]["order"] == [BASELINE, RUN]
-    assert [r["arms"] for r in doc["replicates"]] == [[BASELINE], [RUN]]
+    assert doc["design"]["name"] == "engines-interleaved" and doc["design"]["instance_kind"] == "vllm serve"
+    assert sorted(r["arms"][0] for r in doc["replicates"]) == [BASELINE, RUN]
     assert doc["features"]["arms"][RUN]["impl"]["adaptive_draft_length"] == "nwor-plugin"
     assert doc["features"]["arms"][BASELINE]["feature_impl"] == "none"
-    assert "NWOR_PLUGIN_CONFIG" in doc["replicates"][1]["server"]["env"]
-    assert "NWOR_PLUGIN_CONFIG" not in doc["replicates"][0]["server"]["env"]
+    assert "NWOR_PLUGIN_CONFIG" in _by_arm(doc)[RUN]["server"]["env"]
+    assert "NWOR_PLUGIN_CONFIG" not in _by_arm(doc)[BASELINE]["server"]["env"]
 
 
 def test_every_instance_sweeps_three_load_points(served):
@@ -77,7 +83,7 @@ def test_every_instance_sweeps_three_load_points(served):
             assert p["p50_ttft_ms"] > 0 and p["p50_e2el_ms"] >= p["p50_ttft_ms"] and p["output_tokens_per_s"] > 0
             assert p["num_output_tokens"] == 16 * p["completed"]  # ignore_eos: every request runs to the end
             assert p["request_goodput_per_s"] == pytest.approx(p["request_throughput_per_s"], rel=1e-9)
-        assert len(rep["batches"]) == 3 and rep["warmup"]["batches"] == 0
+        assert len(rep["batches"]) == 3 and rep["warmup"]["batches"] == 0 and rep["warmup"]["ended_by"] == "stable"
 
 
 def test_spec_decode_counters_cover_each_point_only(served):
@@ -91,7 +97,7 @@ def test_spec_decode_counters_cover_each_point_only(served):
 
 
 def test_plugin_counters_per_point_on_the_plugin_arm_only(served):
-    base, run = served["doc"]["replicates"]
+    base, run = _by_arm(served["doc"])[BASELINE], _by_arm(served["doc"])[RUN]
     assert all(p["plugin"] is None for p in base["sweep"])
     for p in run["sweep"]:
         assert p["plugin"]["config"]["adaptive_draft_length"] is True

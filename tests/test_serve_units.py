@@ -19,7 +19,7 @@ from nwor.errors import ConfigError, ServerError
 from nwor.features import Capability, plan_features
 from nwor.load import client_args, concurrency_levels, parse_metrics, point_record, slice_prompts
 from nwor.serve import HOST, Server, engine_flags, server_argv, stop_server, wait_ready
-from nwor.serving import BASELINE, RUN, arm_specs, instance_order, sum_counters
+from nwor.serving import _arm_totals, plan_serving
 from nwor.serving_report import effect_vs_load, plot_effect_vs_load, sign_changes, sweep_frame
 
 FIXTURES = Path(__file__).parent / "fixtures" / "serving"
@@ -81,24 +81,26 @@ def test_slice_prompts_wraps_around():
     assert slice_prompts(["a", "b", "c"], 2, 4) == ["c", "a", "b", "c"]
 
 
-def test_instance_order_is_abba():
-    assert instance_order(1) == [BASELINE, RUN]
-    assert instance_order(2) == [BASELINE, RUN, RUN, BASELINE]
-    assert instance_order(3) == [BASELINE, RUN, RUN, BASELINE, BASELINE, RUN]
+def test_each_arm_gets_its_own_servers_in_balanced_rounds():
+    spec = RunSpec(adaptive_draft_length=True, serve_instances=2, arms=[{"name": "baseline", "adaptive_draft_length": False}],
+                   **SERVING)
+    design = plan_serving(spec, _cap())
+    assert design.name == "engines-interleaved" and design.groups == [["run"], ["baseline"]]
+    order = [tuple(i["arms"]) for i in design.instances]
+    assert order[2:] == order[:2][::-1] and set(order[:2]) == {("run",), ("baseline",)}  # ABBA or BAAB
+    loaded = {design.groups[i["group"]][0]: design.setups[i["group"]].plugin_loaded for i in design.instances}
+    assert loaded == {"run": True, "baseline": False}  # the baseline server is stock vLLM
+    assert plan_serving(spec, _cap()).instances == design.instances  # seeded: the same order every time
 
 
-def test_baseline_arm_turns_both_features_off_and_nothing_else():
-    spec = RunSpec(adaptive_draft_length=True, confidence_threshold=0.5, temperature=0.7, **SERVING)
-    arms = arm_specs(spec)
-    assert arms[RUN] == spec
-    changed = {k for k, v in arms[BASELINE].to_dict().items() if spec.to_dict()[k] != v}
-    assert changed == {"adaptive_draft_length", "confidence_threshold"}
-    assert not arms[BASELINE].adaptive_draft_length and arms[BASELINE].confidence_threshold == 0.0
-
-
-def test_sum_counters_adds_points():
-    points = [{"counters": {"a": 1, "v": [1, 2]}}, {"counters": {"a": 2, "v": [1, 1, 1]}}]
-    assert sum_counters(points) == {"a": 3, "v": [2, 3, 1]}
+def test_arm_totals_add_points_and_plugin_counters():
+    points = [{"counters": {"a": 1, "v": [1, 2]}, "plugin": {"tokens_stopped": 1, "checks": 4, "steps": 2,
+                                                              "draft_length_histogram": {"4": 2}}},
+              {"counters": {"a": 2, "v": [1, 1, 1]}, "plugin": {"tokens_stopped": 0, "checks": 4, "steps": 1,
+                                                                 "draft_length_histogram": {"2": 1}}}]
+    counters, plugin = _arm_totals(points)
+    assert counters == {"a": 3, "v": [2, 3, 1]}
+    assert plugin["draft_length_histogram"] == {2: 1, 4: 2} and plugin["stop_pct"] == pytest.approx(12.5, abs=1e-12)
 
 
 def test_engine_flags_follow_vllm_serve_spelling():
