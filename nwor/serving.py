@@ -123,6 +123,13 @@ def measure_serving(spec: RunSpec, *, result_path: str | Path, log_path: str | P
     settings = {name: {f: getattr(arm.spec, f) for f in ("adaptive_draft_length", "confidence_threshold",
                                                            "draft_length_options")}
                 for name, arm in design.arms.items()}
+    plugin_config = next(r["server"]["effective_plugin_config"] for r in replicates if r["arms"] == [RUN_ARM]) or {}
+    effective = {"method": spec.method, "num_speculative_tokens": spec.num_speculative_tokens,
+                 "adaptive_draft_length": plugin_config.get("adaptive_draft_length"),
+                 "confidence_threshold": plugin_config.get("confidence_threshold"),
+                 "draft_length_options": plugin_config.get("draft_length_options"),
+                 "source": "server flags; plugin config read back through /collective_rpc" if plugin_config
+                 else "server flags"}
     summary = seed_summary(spec, metrics, None)
     summary["per_mode"][0]["batches"] = len(by_arm[RUN_ARM])  # arm "run"'s load points over its instances
     return envelope(
@@ -130,7 +137,7 @@ def measure_serving(spec: RunSpec, *, result_path: str | Path, log_path: str | P
         engine_start_s=next((r["engine_start_s"] for r in replicates if r["arms"] == [RUN_ARM]), None),
         models={k: provenance.display_path(v) for k, v in models.items()}, env=provenance.collect(),
         features={"capability": cap.to_dict(), "requested": {"adaptive_draft_length": spec.adaptive_draft_length,
-                  "confidence_threshold": spec.confidence_threshold}, **plan.to_dict(),
+                  "confidence_threshold": spec.confidence_threshold}, **plan.to_dict(), "effective": effective,
                   "arms": {name: p.to_dict() for name, p in design.plans.items()}},
         design={**design.to_dict(), "instance_kind": "vllm serve", "instances_per_arm": spec.serve_instances},
         replicates=replicates,
