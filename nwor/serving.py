@@ -139,7 +139,9 @@ def measure_serving(spec: RunSpec, *, result_path: str | Path, log_path: str | P
         features={"capability": cap.to_dict(), "requested": {"adaptive_draft_length": spec.adaptive_draft_length,
                   "confidence_threshold": spec.confidence_threshold}, **plan.to_dict(), "effective": effective,
                   "arms": {name: p.to_dict() for name, p in design.plans.items()}},
-        design={**design.to_dict(), "instance_kind": "vllm serve", "instances_per_arm": spec.serve_instances},
+        design={**design.to_dict(), "instance_kind": "vllm serve", "instances_per_arm": spec.serve_instances,
+                "rule": "serving: every arm gets its own servers (plugin settings are fixed at server start); "
+                        "orders are seeded permutations, then reversed (ABBA)"},
         replicates=replicates,
         serving={"levels": levels, "requests_per_level": [requests_at(spec, c) for c in levels],
                  "aa": len(settings) > 1 and len({repr(v) for v in settings.values()}) == 1,
