@@ -172,3 +172,36 @@ def plot_effect_vs_load(effects: pd.DataFrame, title: str | None = None):
         ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
     return fig
+
+
+def plot_load_curves(frame: pd.DataFrame, metric: str = "output_tokens_per_s", run_id: str | None = None):
+    """A metric against concurrency for each arm of one run (the first run when not named): every instance
+    as a faint line, the arm's mean over instances as a bold one.
+
+    Returns:
+        A matplotlib Figure.
+
+    Raises:
+        KeyError: `metric` is not a column of `frame`, or `run_id` is not in it.
+    """
+    import matplotlib.pyplot as plt
+
+    if metric not in frame.columns:
+        raise KeyError(f"no metric {metric!r} in the sweep frame")
+    run_id = run_id or frame["run_id"].iloc[0]
+    runs = frame[frame["run_id"] == run_id]
+    if runs.empty:
+        raise KeyError(f"no run {run_id!r} in the sweep frame")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, rows in runs.groupby("arm", sort=True):
+        mean = rows.groupby("concurrency")[metric].mean()
+        (line,) = ax.plot(mean.index, mean.to_numpy(dtype=float), marker="o", linewidth=2, label=arm)
+        for _, inst in rows.groupby("instance"):
+            ax.plot(inst["concurrency"], inst[metric].to_numpy(dtype=float), color=line.get_color(), alpha=0.3)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("max concurrency (requests in flight)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{run_id}: {metric} vs load")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -260,3 +260,13 @@ def test_effects_are_judged_against_the_aa_band_of_the_same_workload_and_load():
     assert judged.loc[("r1", 2), "established"] is True  # -10 % outside [-2 %, 0]
     assert judged.loc[("r1", 2), "aa_low"] == pytest.approx(-0.02, abs=1e-12)
     assert judged.loc[("aa", 1), "established"] is None
+
+
+def test_load_curves_one_line_per_arm_and_instance():
+    from nwor.serving_report import plot_load_curves
+
+    frame = _frame({("baseline", 0, 1): 100.0, ("run", 1, 1): 110.0, ("baseline", 0, 2): 200.0, ("run", 1, 2): 180.0})
+    axes = plot_load_curves(frame).axes[0]
+    assert len(axes.lines) == 4 and [t.get_text() for t in axes.get_legend().get_texts()] == ["baseline", "run"]
+    with pytest.raises(KeyError, match="no run"):
+        plot_load_curves(frame, run_id="nope")
