@@ -2,7 +2,7 @@
 
 One module-scoped run (two servers start, ~40 s each on 2 cores): adaptive draft length (nwor's plugin) on
 against its features-off baseline, 3 load points each; then every assertion, including that no server or
-engine process is left. Run under the machine's engine lock: `flock /tmp/nwor-engine.lock pytest -m engine`.
+engine process is left. On a shared machine, run it under the machines' one-engine-at-a-time lock.
 """
 from __future__ import annotations
 
