@@ -86,6 +86,13 @@ class RunSpec:
     ncu_replay_mode: str = "app-range"
     ncu_timeout_s: float = 3600.0
     seed: int = 0
+    # Serving runs (notebooks/serve_experiment.ipynb, nwor.serving): None keeps the run offline.
+    serve_max_concurrency: int | None = None  # sweep max-concurrency 1, 2, 4, ... up to this
+    serve_request_rate: float | None = None  # Poisson arrivals per second at every point; None: all at once
+    serve_requests_per_slot: int = 4  # requests per load point = this x the point's concurrency
+    serve_slo_ttft_ms: float | None = None  # goodput SLOs (vllm bench serve --goodput); None: not used
+    serve_slo_tpot_ms: float | None = None
+    serve_instances: int = 1  # server instances per arm, interleaved ABBA
 
     def __post_init__(self):
         for name in ("ncu_metrics", "draft_length_options"):
@@ -119,13 +126,20 @@ class RunSpec:
     def speculative(self) -> bool:
         return self.method != "none"
 
+    @property
+    def serving(self) -> bool:
+        return self.serve_max_concurrency is not None
+
 
 SPEC_FIELDS = tuple(f.name for f in fields(RunSpec))
 
 
 def hash_params(spec: dict) -> str:
-    """The resume key of a resolved spec (as stored in a result's `spec`); ncu settings count only with ncu on."""
+    """The resume key of a resolved spec (as stored in a result's `spec`); ncu settings count only with ncu on,
+    serving settings only for serving runs (so offline results stay done when serving fields are added)."""
     data = spec if spec.get("ncu") else {k: v for k, v in spec.items() if not k.startswith("ncu_")}
+    if data.get("serve_max_concurrency") is None:
+        data = {k: v for k, v in data.items() if not k.startswith("serve_")}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -162,6 +176,15 @@ def _validate(spec: RunSpec) -> None:
            spec.warmup_tolerance)
     _check(spec.arm_design in ARM_DESIGNS, "arm_design", f"must be one of {', '.join(ARM_DESIGNS)}",
            spec.arm_design)
+    for name in ("serve_requests_per_slot", "serve_instances"):
+        value = getattr(spec, name)
+        _check(_is_int(value) and value >= 1, name, "must be an integer >= 1", value)
+    if spec.serve_max_concurrency is not None:
+        _check(_is_int(spec.serve_max_concurrency) and spec.serve_max_concurrency >= 1, "serve_max_concurrency",
+               "must be None or an integer >= 1", spec.serve_max_concurrency)
+    for name in ("serve_request_rate", "serve_slo_ttft_ms", "serve_slo_tpot_ms"):
+        value = getattr(spec, name)
+        _check(value is None or (_is_number(value) and value > 0), name, "must be None or > 0", value)
     for name in ("warmup_batches", "seed", "prompt_shuffle_seed"):
         value = getattr(spec, name)
         _check(_is_int(value) and value >= 0, name, "must be an integer >= 0", value)

@@ -56,3 +56,7 @@ class OutputsUnwritable(NworError):
 
 class LockHeld(NworError):
     """Another live runner holds the outputs folder."""
+
+
+class ServerError(NworError):
+    """A `vllm serve` process did not become ready, died, or its client failed; `log_path` says where to look."""

@@ -11,6 +11,7 @@ from nwor.results import failure, read_result, write_result
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 RUN_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "run_experiment.ipynb"
+SERVE_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "serve_experiment.ipynb"  # runs with serve_max_concurrency set
 REPORT_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "report.ipynb"
 OUTPUTS_ENV = "NWOR_OUTPUTS"
 # Parameters the run notebook takes besides the RunSpec fields.
@@ -71,7 +72,7 @@ def check_parameters(notebook: Path, names) -> None:
                           notebook=str(notebook))
 
 
-def run_notebook(spec: RunSpec, *, root=None, notebook: Path = RUN_NOTEBOOK) -> dict:
+def run_notebook(spec: RunSpec, *, root=None, notebook: Path | None = None) -> dict:
     """Execute the run notebook for `spec` in a fresh kernel; return the run's result document.
 
     The executed notebook is always kept next to the JSON. On failure a result with status "failed"
@@ -82,6 +83,7 @@ def run_notebook(spec: RunSpec, *, root=None, notebook: Path = RUN_NOTEBOOK) -> 
     """
     import papermill
 
+    notebook = notebook or (SERVE_NOTEBOOK if spec.serving else RUN_NOTEBOOK)
     result_path, log_path = run_paths(spec, root=root)
     executed = notebook_path(result_path)
     executed.parent.mkdir(parents=True, exist_ok=True)

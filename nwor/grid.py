@@ -17,6 +17,9 @@ GRIDS = ("adaptive_grid", "early_exit_grid", "oneoff_scenarios", "calibration_gr
 GRID_KEYS = {"grid", "run_id", "fixed", "axes", "workloads", "baseline"}
 # `baseline: features_off`: every run with a feature on also measures arm "baseline" with those features off.
 BASELINES = ("features_off",)
+# Grids that run only when named (`nwor run serving_grid`), never under "all": each serving run starts a
+# server per arm and instance, which would more than double the smoke suite.
+OPT_IN_GRIDS = ("serving_grid",)
 PROFILE_KEYS = {"description", "set", "scale", "cap", "prompt_sets", "estimate_s_per_run"}
 # Keys a workload may carry besides RunSpec fields: `id` feeds the run-id template, `note` documents.
 WORKLOAD_EXTRA_KEYS = {"id", "note", "suffix"}
@@ -75,8 +78,8 @@ def load_profile(name: str, parameters_dir: Path = PARAMETERS_DIR) -> Profile:
 
 def load_grid(name: str, parameters_dir: Path = PARAMETERS_DIR) -> dict:
     """Raises ConfigError for an unknown grid, malformed YAML or an unknown key."""
-    if name not in GRIDS:
-        raise ConfigError(f"unknown grid {name!r} (known: {', '.join(GRIDS)})")
+    if name not in GRIDS + OPT_IN_GRIDS:
+        raise ConfigError(f"unknown grid {name!r} (known: {', '.join(GRIDS + OPT_IN_GRIDS)})")
     path = parameters_dir / f"{name}.yaml"
     data = _load_yaml(path)
     _check_keys(data, GRID_KEYS, str(path))

@@ -132,6 +132,8 @@ _CHANGED = {
     "ncu_replay_mode": "kernel", "ncu_timeout_s": 10.0, "seed": 1, "tiny_models": "gpu",
     "warmup_max_batches": 9, "warmup_window": 4, "warmup_tolerance": 0.05, "engine_instances": 3,
     "arms": ({"name": "baseline", "adaptive_draft_length": True},), "arm_design": "engines",
+    "serve_max_concurrency": 8, "serve_request_rate": 2.0, "serve_requests_per_slot": 3, "serve_slo_ttft_ms": 500.0,
+    "serve_slo_tpot_ms": 50.0, "serve_instances": 2,
 }
 
 
@@ -143,6 +145,8 @@ def test_change_table_covers_every_field():
 def test_params_hash_changes_with_any_field(field):
     # ncu settings shape only profiled runs: compare them with ncu on.
     base = RunSpec(ncu=True) if field.startswith("ncu_") else RunSpec()
+    if field.startswith("serve_"):  # serving settings shape only serving runs
+        base = RunSpec(serve_max_concurrency=4)
     changed = {field: _CHANGED[field]}
     other = dataclasses.replace(base, **changed)
     assert getattr(other, field) != getattr(base, field)
