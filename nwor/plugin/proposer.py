@@ -10,6 +10,7 @@ from __future__ import annotations
 from nwor.errors import FeatureUnavailable
 from nwor.plugin import PluginConfig
 from nwor.plugin.checks import profiled, region
+from nwor.plugin.confidence import max_softmax
 
 
 def make_proposer_class(base, elastic):
@@ -122,9 +123,9 @@ def make_proposer_class(base, elastic):
                 draft_token_ids, draft_probs = logits.argmax(dim=-1), None
             with region("nwor::confidence"):
                 rows = hidden_states.shape[0]
-                # The fork's confidence, once per position: max softmax in float32 (softmax casts inside
-                # the kernel: one float32 [rows, vocab] result, no separate copy of the logits).
-                confidence = logits.softmax(dim=-1, dtype=torch.float32).amax(dim=-1)
+                # The fork's confidence, once per position: max softmax in float32, on CUDA without
+                # materialising the softmax (nwor/plugin/confidence.py).
+                confidence = max_softmax(logits)
                 keep = self._nwor_continue[:rows]
                 if call == 1:  # the mask starts all-true: write it instead of and-ing into it
                     torch.ge(confidence, self.nwor_state.config.confidence_threshold, out=keep)
