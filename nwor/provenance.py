@@ -95,8 +95,17 @@ def gpu_memory_used_bytes() -> int | None:
 SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL")
 
 
+def _recorded_value(value: str) -> str:
+    """A variable's value as results record it: an absolute path outside the working directory and home
+    (e.g. the temporary VLLM_LOGGING_CONFIG_PATH) keeps only its name, so shared results name no machine."""
+    if not value.startswith("/") or os.pathsep in value:
+        return value
+    shown = display_path(value)
+    return f".../{Path(value).name}" if shown.startswith("/") else shown
+
+
 def recorded_env(environ=os.environ) -> dict:
-    return {k: v for k, v in sorted(environ.items())
+    return {k: _recorded_value(v) for k, v in sorted(environ.items())
             if (k.startswith(RECORDED_ENV_PREFIXES) or k in RECORDED_ENV_NAMES) and k not in UNRECORDED_ENV_NAMES
             and not any(marker in k.upper() for marker in SECRET_MARKERS)}
 

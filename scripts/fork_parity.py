@@ -12,7 +12,8 @@ drafted; every loop forward's gate read from the fork's own `continue_mask`) and
 `SpecDecodingStats.update_acceptance_ewma` (the per-step acceptance the fork's controller saw). It changes
 nothing the fork computes.
 
-    flock /tmp/nwor-engine.lock python scripts/fork_parity.py --fork-python FORK_VENV/bin/python --out DIR
+    python scripts/fork_parity.py --fork-python FORK_VENV/bin/python --out DIR
+    (NWOR_ENGINE_LOCK=FILE: each of its engine starts waits on `flock FILE`, for machines that share engines)
 
 `replay` is the fork side of tests/test_fork_controller.py: run by the fork's python, it feeds acceptance
 sequences (JSON on stdin) through the fork's `SpecDecodingStats` and prints the lengths it chooses.
@@ -36,6 +37,7 @@ SPEC = {"target_model": "tiny", "draft_model": "tiny-eagle", "method": "eagle", 
         "num_requests": 16, "measured_batches": 2, "warmup_batches": 0, "temperature": 0.0,
         "max_new_tokens": 64, "ignore_eos": True, "enforce_eager": True, "dtype": "float32",
         "prompt_set": "builtin:chat", "max_model_len": 512, "profile": "fork-parity", "grid": "adhoc"}
+LOCK = os.environ.get("NWOR_ENGINE_LOCK")  # when set, each engine start waits on `flock` of this file
 TARGETS = {"histogram_pct_of_steps": 5.0, "stop_pct_points": 2.0, "acceptance": 0.02}
 
 
@@ -150,27 +152,34 @@ def run_side(side: str, variant: str, python: str, env: dict, out: Path) -> dict
             "confidence_threshold": threshold, "feature_impl": "native" if side == "fork" else "plugin"}
     spec_path, result_path = out / f"{side}_{variant}.spec.json", out / f"{side}_{variant}.json"
     spec_path.write_text(json.dumps(spec))
-    env = dict(env)
+    env, counters = dict(env), out / f"{side}_{variant}.counters.json"
     if side == "fork":
-        env[COUNTERS_ENV] = str(out / f"{side}_{variant}.counters.json")
+        env[COUNTERS_ENV] = str(counters)
         env["PYTHONPATH"] += os.pathsep + str(_counters_plugin_dir(out / "plugin"))
-    done = subprocess.run([python, "-m", "nwor.bench", "--spec", str(spec_path), "--out", str(result_path),
+    elif variant == "off":
+        # nwor runs features-off without the plugin; load it idle so that it counts steps and lengths, written
+        # by the engine process at exit (the stats_path route of nwor.plugin).
+        env["NWOR_PLUGIN_CONFIG"] = json.dumps({"adaptive_draft_length": False, "draft_length_options": None,
+                                                "confidence_threshold": 0.0, "stats_path": str(counters)})
+    lock = ["flock", LOCK] if LOCK else []  # one engine at a time on a shared machine
+    done = subprocess.run([*lock, python, "-m", "nwor.bench", "--spec", str(spec_path), "--out", str(result_path),
                            "--log", str(out / f"{side}_{variant}.vllm.log")], env=env, capture_output=True,
                           text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{side} {variant}: nwor.bench exited {done.returncode}: {done.stderr[-2000:]}")
     doc = json.loads(result_path.read_text())
-    if side == "fork":
-        doc["fork_counters"] = json.loads(Path(env[COUNTERS_ENV]).read_text())
+    if counters.exists():
+        doc["side_counters"] = json.loads(counters.read_text())
     return doc
 
 
 def side_summary(doc: dict) -> dict:
     """The numbers parity compares, from either side's result."""
     metrics, hashes = doc["metrics"], [h for b in doc["results"] for h in b["output_hashes"]]
-    if "fork_counters" in doc:
-        c = doc["fork_counters"]
-        histogram, steps, checks, stopped = c["histogram"], c["steps"], c["checks"], c["tokens_stopped"]
+    if "side_counters" in doc:  # the fork's recorded counters, or the idle plugin's exit-time stats
+        c = doc["side_counters"]
+        histogram, steps = c.get("histogram", c.get("draft_length_histogram")), c["steps"]
+        checks, stopped = c["checks"], c["tokens_stopped"]
     else:
         histogram, steps = doc["draft_lengths"]["histogram"], doc["draft_lengths"]["steps"]
         checks, stopped = doc["early_exit"]["checks"], doc["early_exit"]["tokens_stopped"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from nwor.provenance import FORK_BUILD_FILE, vllm_source
+from nwor.provenance import FORK_BUILD_FILE, recorded_env, vllm_source
 
 SHA = "33af2e7ef696299ada9f16c3a1425eada298f316"
 
@@ -36,3 +36,11 @@ def test_pip_git_install_gives_commit_and_drops_file_urls():
 def test_scm_version_and_nothing():
     assert vllm_source(Dist({}, "0.11.1.dev5+g33af2e7ef.d20251113")) == {"commit": "33af2e7ef", "source": "version"}
     assert vllm_source(Dist({FORK_BUILD_FILE: "not json"}, "0.32.0")) == {"commit": None, "source": None}
+
+
+def test_recorded_env_names_no_machine_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = {"VLLM_LOGGING_CONFIG_PATH": "/tmp/nwor-vllm-logging-abc.json", "NWOR_MODEL_CACHE": str(tmp_path / "m"),
+           "VLLM_CPU_KVCACHE_SPACE": "2", "NWOR_PLUGIN_CONFIG": '{"stats_path": null}'}
+    assert recorded_env(env) == {"VLLM_LOGGING_CONFIG_PATH": ".../nwor-vllm-logging-abc.json", "NWOR_MODEL_CACHE": "m",
+                                 "VLLM_CPU_KVCACHE_SPACE": "2", "NWOR_PLUGIN_CONFIG": '{"stats_path": null}'}
