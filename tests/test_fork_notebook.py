@@ -44,10 +44,9 @@ def test_run_notebook_on_the_fork_is_native_with_switches_and_fork_commit(tmp_pa
     assert features["switches"]["VLLM_SPEC_CONFIDENCE_THRESHOLD"] == "0.5"
     assert features["effective"]["confidence_threshold"] == 0.5  # read back from the engine's SpeculativeConfig
     assert features["effective"]["source"] == "engine"
+    # `env` is collected inside the kernel: vLLM 0.11.1 there means the kernel was the fork environment's python.
     env = doc["env"]
     assert env["vllm_version"] == "0.11.1"
     assert env["vllm_source"]["commit"], "fork commit missing: the environment's vllm dist-info has no fork_build.json"
     assert doc["metrics"]["num_drafts"] > 0
-    # The kernel was the fork environment's python: papermill ran every cell there without an error.
     assert notebook["metadata"]["papermill"]["exception"] is None
-    assert notebook["metadata"]["language_info"]["version"] == env["python"]
