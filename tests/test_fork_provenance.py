@@ -40,7 +40,7 @@ def test_scm_version_and_nothing():
 
 def test_recorded_env_names_no_machine_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    env = {"VLLM_LOGGING_CONFIG_PATH": "/tmp/nwor-vllm-logging-abc.json", "NWOR_MODEL_CACHE": str(tmp_path / "m"),
+    env = {"VLLM_LOGGING_CONFIG_PATH": "/scratch/nwor-vllm-logging-abc.json", "NWOR_MODEL_CACHE": str(tmp_path / "m"),
            "VLLM_CPU_KVCACHE_SPACE": "2", "NWOR_PLUGIN_CONFIG": '{"stats_path": null}'}
     assert recorded_env(env) == {"VLLM_LOGGING_CONFIG_PATH": ".../nwor-vllm-logging-abc.json", "NWOR_MODEL_CACHE": "m",
                                  "VLLM_CPU_KVCACHE_SPACE": "2", "NWOR_PLUGIN_CONFIG": '{"stats_path": null}'}
