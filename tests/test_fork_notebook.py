@@ -1,7 +1,8 @@
 """nwor on the fork, end to end: the run notebook through papermill in a kernel of the fork environment.
 
 `nwor run` is started with the fork environment's python, so papermill's `python3` kernel is that
-environment's (its own kernelspec, or ipykernel's native one). Markers `fork` and `engine`.
+environment's (its own kernelspec, or ipykernel's native one). Works for the PR branch and the older
+`elastic-speculation*` branches alike. Markers `fork` and `engine`.
 """
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ def test_run_notebook_on_the_fork_is_native_with_switches_and_fork_commit(tmp_pa
     notebook = json.loads(result_path.with_suffix(".ipynb").read_text())
     assert doc["status"] == "ok"
     features = doc["features"]
-    assert features["capability"]["flavour"] == "nwor-fork-spec"
+    # The PR branch reads VLLM_SPEC_*; the older branches VLLM_NWOR_* (adaptive on unless set to 0).
+    prefix = {"nwor-fork-spec": "VLLM_SPEC", "nwor-fork": "VLLM_NWOR"}[features["capability"]["flavour"]]
     assert features["impl"] == {"adaptive_draft_length": "off", "confidence_early_exit": "native"}
     assert features["feature_impl"] == "native"
-    assert features["switches"]["VLLM_SPEC_ADAPTIVE_DRAFT_LENGTH"] == "0"
-    assert features["switches"]["VLLM_SPEC_CONFIDENCE_THRESHOLD"] == "0.5"
+    assert features["switches"][f"{prefix}_ADAPTIVE_DRAFT_LENGTH"] == "0"
+    assert features["switches"][f"{prefix}_CONFIDENCE_THRESHOLD"] == "0.5"
+    assert features["effective"]["draft_length_options"] is None  # adaptive really off, though the default is on
     assert features["effective"]["confidence_threshold"] == 0.5  # read back from the engine's SpeculativeConfig
     assert features["effective"]["source"] == "engine"
     # `env` is collected inside the kernel: vLLM 0.11.1 there means the kernel was the fork environment's python.
