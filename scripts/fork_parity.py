@@ -97,7 +97,8 @@ def replay_fork(sequences: list[dict]) -> list[list[int]]:
     A sequence is {"num_speculative_tokens": n, "options": [...], "events": [["choose"] | ["observe", a, d] |
     ["observe", rate]]}. "choose" is one step's `compute_optimal_draft_length` followed by
     `EagleProposer.propose`'s normalisation (None -> n, < 1 -> 1, > n -> n; checked against the fork's source
-    by the test); "observe" is the runner's `update_acceptance_ewma(accepted / drafted)`.
+    by the test); "observe" is the runner's `update_acceptance_ewma(accepted / drafted)`. With "with_ewma",
+    each chosen length comes as [length, the EWMA it was chosen from].
     """
     from vllm.v1.spec_decode.metrics import SpecDecodingStats
 
@@ -107,7 +108,8 @@ def replay_fork(sequences: list[dict]) -> list[list[int]]:
         for event in seq["events"]:
             if event[0] == "choose":
                 length = stats.compute_optimal_draft_length(seq["options"])
-                lengths.append(n if length is None else 1 if length < 1 else min(length, n))
+                length = n if length is None else 1 if length < 1 else min(length, n)
+                lengths.append([length, stats.acceptance_rate_ewma] if seq.get("with_ewma") else length)
             else:
                 rate = event[1] if len(event) == 2 else event[1] / event[2]
                 stats.update_acceptance_ewma(rate, 1)

@@ -125,13 +125,31 @@ def test_generated_sequences_cross_every_threshold_both_ways():
     assert crossings == {(b, d) for b in (0.3, 0.5, 0.7) for d in ("up", "down")}
 
 
+def _is_pr_branch() -> bool:
+    """The PR branch reads VLLM_SPEC_*; the older elastic-speculation branches VLLM_NWOR_*."""
+    code = "import vllm.envs as e; print('VLLM_SPEC_ADAPTIVE_DRAFT_LENGTH' in e.environment_variables)"
+    return _run_fork(["-c", code]).strip().splitlines()[-1] == "True"
+
+
 @pytest.mark.fork
 def test_fork_controller_and_nwor_choose_the_same_lengths():
-    seqs = generated_sequences() + [s for s in recorded_sequences() if s["adaptive"]]
+    """PR branch: identical lengths at every step. Older branches: they take the second option whenever the
+    EWMA is in (0.3, 0.5]; the PR branch (and nwor) only with 4+ options: every difference is exactly that."""
+    seqs = [{**s, "with_ewma": True} for s in generated_sequences() + [s for s in recorded_sequences() if s["adaptive"]]]
     fork = replay_fork(seqs)
-    mismatched = [f"{s['name']}: {_first_difference(f, replay_nwor(s))}"
-                  for s, f in zip(seqs, fork) if f != replay_nwor(s)]
+    pr_branch = _is_pr_branch()
+    mismatched, explained = [], 0
+    for seq, chosen in zip(seqs, fork):
+        lengths, nwor = [c[0] for c in chosen], replay_nwor(seq)
+        if lengths == nwor:
+            continue
+        band_rule = [0.3 < ewma <= 0.5 and len(seq["options"]) < 4 for (x, ewma), y in zip(chosen, nwor) if x != y]
+        if not pr_branch and all(band_rule) and len(lengths) == len(nwor):
+            explained += 1
+            continue
+        mismatched.append(f"{seq['name']}: {_first_difference(lengths, nwor)}")
     assert not mismatched, f"{len(mismatched)} of {len(seqs)} sequences differ:\n" + "\n".join(mismatched[:12])
+    assert pr_branch or explained > 0, "an older branch whose controller agrees everywhere: the band rule changed"
 
 
 @pytest.mark.fork
@@ -140,6 +158,8 @@ def test_replaying_a_recorded_trace_reproduces_the_fork_engine():
     seqs = recorded_sequences()
     if not seqs:
         pytest.skip("no recorded fork traces under outputs/fork-cpu/parity (scripts/fork_parity.py writes them)")
+    if not _is_pr_branch():
+        pytest.skip("the recorded traces are the PR branch's; this environment is an older branch")
     for seq, lengths in zip(seqs, replay_fork([s for s in seqs])):
         drafted = [e[1] for e in seq["events"] if e[0] == "choose"]
         expected = lengths if seq["adaptive"] else [seq["num_speculative_tokens"]] * len(drafted)
