@@ -67,8 +67,10 @@ def generated_sequences() -> list[dict]:
     seqs = []
     for n, options in _option_sets():
         for name, rates in _rates().items():
-            events = []
-            for rate in rates:  # one engine step: choose a length, then observe its verification
+            # The fork engine's order (recorded: fork_*.counters.json): a step proposes before the runner
+            # books the previous step's acceptance, so the first two steps choose from the starting EWMA.
+            events = [["choose"]]
+            for rate in rates:
                 events += [["choose"], ["observe", *rate] if isinstance(rate, tuple) else ["observe", rate]]
             seqs.append({"name": f"n={n} options={options} {name}", "num_speculative_tokens": n,
                          "options": options, "events": events})
