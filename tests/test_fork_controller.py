@@ -18,7 +18,7 @@ import pytest
 from conftest import fork_python
 
 from nwor.plugin import PluginConfig
-from nwor.plugin.elastic import EWMA_KEEP, EWMA_START, ElasticState, default_draft_length_options
+from nwor.plugin.elastic import EWMA_START, ElasticState, default_draft_length_options
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "fork_parity.py"
@@ -115,12 +115,12 @@ def _first_difference(a: list[int], b: list[int]) -> str:
 
 def test_generated_sequences_cross_every_threshold_both_ways():
     """The generated set is what the parity test claims: each bound crossed upwards and downwards."""
-    crossings = set()
+    crossings, alpha = set(), PluginConfig().ewma_alpha
     for rates in _rates().values():
         ewma = EWMA_START
         for rate in rates:
             rate = rate[0] / rate[1] if isinstance(rate, tuple) else rate
-            new = EWMA_KEEP * ewma + (1 - EWMA_KEEP) * rate
+            new = (1 - alpha) * ewma + alpha * rate
             crossings |= {(b, "up") for b in (0.3, 0.5, 0.7) if ewma <= b < new}
             crossings |= {(b, "down") for b in (0.3, 0.5, 0.7) if new <= b < ewma}
             ewma = new
