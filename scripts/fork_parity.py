@@ -8,7 +8,7 @@ environment's python (its older transformers cannot read tokenizers the newer on
 The fork exposes neither chosen lengths nor early-exit counters (its PR branch has no counters and no log line),
 so the fork side loads `install_counters` below as a vLLM general plugin, found through a throwaway
 `.dist-info` on PYTHONPATH. It wraps, in the engine process, `EagleProposer.propose` (the length each step
-drafted; every loop forward's gate read from the fork's own `continue_mask`) and
+drafted; each gateable loop forward's gate read from the fork's own `continue_mask`) and
 `SpecDecodingStats.update_acceptance_ewma` (the per-step acceptance the fork's controller saw). It changes
 nothing the fork computes.
 
@@ -67,8 +67,9 @@ def install_counters() -> None:
             build = builder.build_for_drafting
 
             def counting_build(*a, **kw):
-                # Loop forward draft_index >= 1 runs gated for rows whose continue_mask is already False.
-                if kw.get("draft_index", 0) >= 1:
+                # Loop iteration j = draft_index - 1 >= 1 is the fork's gated one (j = 0 never is): rows whose
+                # continue_mask is already False run it gated. K - 2 checks per row per step, as nwor counts.
+                if kw.get("draft_index", 0) >= 2:
                     trace["checks"] += self.nwor_rows
                     trace["tokens_stopped"] += int((~self.continue_mask[: self.nwor_rows]).sum())
                 return build(*a, **kw)
