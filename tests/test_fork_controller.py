@@ -4,7 +4,7 @@ The fork side runs in the fork environment (`NWOR_FORK_PYTHON`, marker `fork`): 
 `SpecDecodingStats.update_acceptance_ewma` / `compute_optimal_draft_length` and `EagleProposer.propose`'s
 length normalisation, fed the same acceptance sequences as nwor's `ElasticState`. Sequences: generated ones
 that cross every threshold both ways, plus per-step traces recorded from the fork's engine
-(outputs/fork-cpu/parity/fork_*.counters.json, scripts/fork_parity.py).
+(outputs/fork-cpu/parity*/fork_*.counters.json, scripts/fork_parity.py).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from nwor.plugin.elastic import EWMA_START, ElasticState, default_draft_length_o
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "fork_parity.py"
-RECORDED = sorted((ROOT / "outputs" / "fork-cpu" / "parity").glob("fork_*.counters.json"))
+RECORDED = sorted((ROOT / "outputs" / "fork-cpu").glob("parity*/fork_*.counters.json"))
 STEPS = 200
 
 
@@ -84,7 +84,7 @@ def recorded_sequences() -> list[dict]:
         trace = json.loads(path.read_text())
         spec = json.loads(path.with_name(path.name.replace(".counters.json", ".spec.json")).read_text())
         n = spec["num_speculative_tokens"]
-        seqs.append({"name": f"recorded {path.name}", "num_speculative_tokens": n,
+        seqs.append({"name": f"recorded {path.parent.name}/{path.name}", "num_speculative_tokens": n,
                      "options": list(default_draft_length_options(n)) if spec["adaptive_draft_length"] else [],
                      "events": trace["events"], "adaptive": spec["adaptive_draft_length"]})
     return seqs
@@ -159,7 +159,7 @@ def test_replaying_a_recorded_trace_reproduces_the_fork_engine():
     """The replay model is the engine's: the fork's controller fed its recorded acceptance drafts what it drafted."""
     seqs = recorded_sequences()
     if not seqs:
-        pytest.skip("no recorded fork traces under outputs/fork-cpu/parity (scripts/fork_parity.py writes them)")
+        pytest.skip("no recorded fork traces under outputs/fork-cpu/parity* (scripts/fork_parity.py writes them)")
     if not _is_pr_branch():
         pytest.skip("the recorded traces are the PR branch's; this environment is an older branch")
     for seq, lengths in zip(seqs, replay_fork([s for s in seqs])):
