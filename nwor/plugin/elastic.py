@@ -32,14 +32,19 @@ def default_draft_length_options(num_speculative_tokens: int) -> tuple[int, ...]
 
 
 def choose_draft_length(ewma: float, options: tuple[int, ...]) -> int:
-    """Longest option when ewma > 0.7, middle (index len//2) when > 0.5, second-shortest when > 0.3, else shortest."""
+    """Longest option when ewma > 0.7, middle (index len//2) when > 0.5, else shortest; with 4+ options,
+    second-shortest when > 0.3.
+
+    The fork's PR branch (vllm/v1/spec_decode/metrics.py compute_optimal_draft_length, 33af2e7ef); its older
+    branches took the second option in (0.3, 0.5] whatever the count (tests/test_fork_controller.py replays both).
+    """
     for bound, which in _THRESHOLDS:
         if ewma > bound:
             if which == "longest":
                 return options[-1]
             if which == "middle":
                 return options[len(options) // 2]
-            return options[min(1, len(options) - 1)]
+            return options[1] if len(options) >= 4 else options[0]
     return options[0]
 
 
