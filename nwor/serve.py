@@ -137,7 +137,10 @@ def start_server(spec: RunSpec, models: dict, plan: FeaturePlan, log_path: str |
     started = time.monotonic()
     # An inherited plugin config (an offline engine started earlier in this process sets it) must not reach
     # an arm whose plan has none.
-    inherited = {k: v for k, v in os.environ.items() if k != PLUGIN_ENV_VAR}
+    # The kernel's own logging route (nwor.engine.route_vllm_logs points vLLM at the run's .vllm.log) must not
+    # reach the server: its log belongs in its own file, next to the JSON.
+    dropped = (PLUGIN_ENV_VAR, "VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING")
+    inherited = {k: v for k, v in os.environ.items() if k not in dropped}
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                env={**inherited, **env}, start_new_session=True)
     server = Server(process, port, argv, env, log_path, _log=log)
