@@ -71,6 +71,9 @@ class RunSpec:
     dtype: str = "auto"
     gpu_memory_utilization: float = 0.2  # on the CPU build: the fraction of RAM reserved for KV cache
     enforce_eager: bool = False
+    # The engine core in the calling process (VLLM_ENABLE_V1_MULTIPROCESSING=0) instead of its own: on the
+    # 2-core CPU smoke, spawning it (a second vLLM import) is ~17 of a run's ~25 s of engine start.
+    engine_in_process: bool = False
     attention_backend: str | None = None  # e.g. FLASH_ATTN where flashinfer is not installed
     prompt_set: str = "builtin:chat"
     prompt_shuffle_seed: int = 42
@@ -101,6 +104,8 @@ class RunSpec:
                 object.__setattr__(self, name, tuple(value))
         if isinstance(self.arms, (list, tuple)):
             object.__setattr__(self, "arms", tuple(dict(a) if isinstance(a, dict) else a for a in self.arms))
+        if self.serving:  # `vllm serve` always runs its engine core in a process of its own: record that
+            object.__setattr__(self, "engine_in_process", False)
         _validate(self)
 
     def to_dict(self) -> dict:
@@ -209,8 +214,11 @@ def _validate(spec: RunSpec) -> None:
            f"must be one of {', '.join(NCU_REPLAY_MODES)}", spec.ncu_replay_mode)
     _check(spec.prompt_min_chars <= spec.prompt_max_chars, "prompt_min_chars",
            f"must be <= prompt_max_chars ({spec.prompt_max_chars})", spec.prompt_min_chars)
-    for name in ("adaptive_draft_length", "ncu", "enforce_eager", "ignore_eos"):
+    for name in ("adaptive_draft_length", "ncu", "enforce_eager", "engine_in_process", "ignore_eos"):
         _check(isinstance(getattr(spec, name), bool), name, "must be true or false", getattr(spec, name))
+    _check(not (spec.engine_in_process and spec.tensor_parallel_size > 1), "engine_in_process",
+           "needs tensor_parallel_size 1 (tensor-parallel workers run beside an engine process)",
+           spec.engine_in_process)
     _check(isinstance(spec.run_id, str) and spec.run_id and "/" not in spec.run_id and not spec.run_id.startswith("."),
            "run_id", "must be a non-empty file name", spec.run_id)
     _check(not isinstance(spec.ncu_metrics, str), "ncu_metrics",

@@ -122,6 +122,8 @@ def start_engine(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_regi
     # Fork would copy a Jupyter kernel's threads (heartbeat, iopub, output capture) into the engine
     # process, which can deadlock it: on an H100 the engine hung at model init when forked from a kernel.
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    # Set either way: a value inherited from the caller's environment must not contradict the spec.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if spec.engine_in_process else "1"
     check_engine_settings([spec])
     from vllm import LLM
 

@@ -125,7 +125,8 @@ _CHANGED = {
     "target_model": "org/model", "draft_model": "org/draft", "method": "ngram", "num_speculative_tokens": 5,
     "num_requests": 9, "measured_batches": 3, "warmup_batches": 0, "temperature": 0.7, "top_p": 0.95,
     "max_new_tokens": 33, "ignore_eos": False, "max_model_len": 1024, "tensor_parallel_size": 2,
-    "dtype": "float32", "gpu_memory_utilization": 0.3, "enforce_eager": True, "attention_backend": "FLASH_ATTN",
+    "dtype": "float32", "gpu_memory_utilization": 0.3, "enforce_eager": True, "engine_in_process": True,
+    "attention_backend": "FLASH_ATTN",
     "prompt_set": "builtin:code", "prompt_shuffle_seed": 1, "prompt_min_chars": 2, "prompt_max_chars": 700,
     "adaptive_draft_length": True, "draft_length_options": (2, 4), "confidence_threshold": 0.5,
     "feature_impl": "plugin", "ncu": True, "ncu_metrics": ("a.sum",), "ncu_mode": "instead",
@@ -221,3 +222,14 @@ def test_spec_with_arms_is_hashable_and_round_trips():
     assert len({spec, RunSpec(**spec.to_dict())}) == 1
     assert spec.to_dict()["arms"] == [{"name": "baseline", "adaptive_draft_length": False}]
     assert RunSpec(**spec.to_dict()) == spec
+
+
+def test_engine_in_process_needs_one_rank():
+    with pytest.raises(ConfigError, match="engine_in_process.*tensor_parallel_size 1"):
+        RunSpec(engine_in_process=True, tensor_parallel_size=2)
+    assert RunSpec(engine_in_process=True).engine_in_process is True
+
+
+def test_serving_runs_record_their_separate_engine_process():
+    # `vllm serve` has no in-process engine core: a profile's setting must not be recorded as applied.
+    assert RunSpec(engine_in_process=True, serve_max_concurrency=2).engine_in_process is False

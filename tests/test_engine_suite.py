@@ -142,3 +142,12 @@ def test_report_renders_on_partial_smoke_outputs(suite):
     report = suite["outputs"] / "smoke" / "report"
     assert (report / "report.html").stat().st_size > 10_000
     assert list(report.glob("*.png")) and list(report.glob("*.svg"))
+
+
+def test_smoke_engines_run_in_process_and_still_speculate(suite):
+    # The smoke profile keeps the engine core in the kernel (fast starts); drafting must be unaffected.
+    for run, doc in suite["docs"].items():
+        assert doc["spec"]["engine_in_process"] is True, run
+        assert doc["spec"]["enforce_eager"] is True, run
+        counters = doc["replicates"][0]["counters"]["run"]
+        assert counters["num_drafts"] > 0 and counters["num_accepted_tokens"] > 0, run
