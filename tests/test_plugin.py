@@ -140,6 +140,12 @@ def test_stats_line_for_a_result_from_whichever_source():
     assert line_for_result(fork_run).endswith("(50.00%) [run=run2_x, source=native-log]")
     assert line_for_result(result(0.0, {"status": "ok", "tokens_stopped": 0, "checks": 0})) is None
     assert line_for_result(result(0.5, {"status": "unavailable", "tokens_stopped": None})) is None
+    # The early-exit grid's threshold-0.0 runs get a line too (no check ran), so the grep lists every run.
+    baseline = {**result(0.0, {"status": "unavailable", "tokens_stopped": None}), "grid": "early_exit_grid",
+                "status": "ok"}
+    assert line_for_result(baseline) == ("Confidence early exit stats: 0 tokens stopped out of 0 checks (n/a) "
+                                         "[run=run2_x, source=gate off (threshold 0.0)]")
+    assert line_for_result({**baseline, "status": "failed"}) is None
 
 
 def test_ewma_alpha_is_the_forks_unless_set():

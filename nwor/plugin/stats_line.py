@@ -4,6 +4,7 @@ from __future__ import annotations
 # elastic-speculation (older branch) vllm/v1/spec_decode/eagle.py logs, every 10,000 checks:
 #   f"Confidence early exit stats: {total_stopped} tokens stopped out of {total_checks} checks ({stop_rate:.2f}%)"
 STATS_LINE_PREFIX = "Confidence early exit stats:"
+EARLY_EXIT_GRID = "early_exit_grid"  # the seed grid whose log the seed workflow greps
 
 
 def format_stats_line(tokens_stopped: int, checks: int, *, run_id: str | None = None,
@@ -27,10 +28,16 @@ def format_stats_line(tokens_stopped: int, checks: int, *, run_id: str | None = 
 def line_for_result(result: dict) -> str | None:
     """The line for one run's result JSON, from its `early_exit` block (`source`: whoever measured it).
 
-    None when the run is no early-exit run (threshold 0.0) or nothing was measured (failed run, no counts).
+    Every early-exit run gets one, so one grep over the grid's log lists them all: a threshold-0.0 run of
+    the early-exit grid (its baseline) reads `0 ... out of 0 checks (n/a)`, source "gate off (threshold 0.0)",
+    since no confidence check ran. None for other threshold-0.0 runs, and when nothing was measured (failed
+    run, no counts).
     """
-    if not ((result.get("spec") or {}).get("confidence_threshold") or 0.0) > 0.0:
-        return None
+    threshold = (result.get("spec") or {}).get("confidence_threshold") or 0.0
+    if not threshold > 0.0:
+        if result.get("grid") != EARLY_EXIT_GRID or result.get("status") != "ok":
+            return None
+        return format_stats_line(0, 0, run_id=result.get("run_id"), source="gate off (threshold 0.0)")
     block = result.get("early_exit") or {}
     stopped, checks = block.get("tokens_stopped"), block.get("checks")
     if block.get("status") != "ok" or stopped is None or checks is None:
