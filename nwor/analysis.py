@@ -261,6 +261,8 @@ def load_profile(outputs_root: str | Path, profile: str,
         shown = str(path.relative_to(folder.parent))  # no machine paths in shared reports
         try:
             doc = read_run(path)
+            if (doc.get("spec") or {}).get("serve_max_concurrency") is not None:
+                continue  # load sweeps, not batches: the report's serving section reads them (serving_report)
             row = _run_row(doc, path)
         except SchemaError as err:
             reason = str(err).replace(str(path), shown)

@@ -205,3 +205,22 @@ def plot_load_curves(frame: pd.DataFrame, metric: str = "output_tokens_per_s", r
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def report_section(folder: str | Path, metric: str = "output_tokens_per_s") -> tuple[pd.DataFrame | None, str]:
+    """What the report shows for a profile's serving grid folder: the judged effects (None without serving
+    results) and a one-paragraph summary (how many runs, load points and server instances, what is established).
+    """
+    frame = load_sweeps(folder) if Path(folder).is_dir() else pd.DataFrame()
+    if frame.empty:
+        return None, ("No serving results for this profile: the serving grid runs only when named "
+                      "(`nwor run serving_grid --profile <profile>`, docs/serving.md).")
+    effects = judge_against_aa(effect_vs_load(frame, metric))
+    judged = effects[effects["established"].notna()]
+    established = judged[judged["established"].astype(bool)]
+    loads = sorted(effects["concurrency"].unique())
+    summary = (f"{effects['run_id'].nunique()} serving runs ({int(effects['aa'].groupby(effects['run_id']).first().sum())}"
+               f" A/A), load points {', '.join(map(str, loads))}, up to {int(effects['instances_run'].max())} server "
+               f"instances per arm. Effect = run arm / features-off arm - 1 in {metric}; "
+               f"{len(established)} of {len(judged)} judged effects lie outside their A/A band.")
+    return effects, summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import psutil
 import pytest
@@ -126,3 +127,25 @@ def test_a_server_that_cannot_start_names_its_log(tmp_path):
     log = tmp_path / "bad.server.log"
     with pytest.raises(ServerError, match="exited with code .* before it was ready; see .*bad.server.log"):
         start_server(spec, missing, plan, log, timeout_s=300)
+
+
+def test_report_draws_effect_vs_load_from_the_serving_grid(served, tmp_path):
+    import nbformat
+    import papermill
+
+    from nwor.execute import REPORT_NOTEBOOK
+
+    # A profile's offline results beside its serving grid, as after `nwor run all` + `nwor run serving_grid`.
+    import shutil
+
+    root = served["dir"].parent.parent
+    shutil.copytree(Path(__file__).parent / "fixtures" / "results" / "smoke", root / "adhoc", dirs_exist_ok=True)
+    out = tmp_path / "report.ipynb"
+    papermill.execute_notebook(str(REPORT_NOTEBOOK), str(out), parameters={"outputs_root": str(root),
+                                                                           "profile": "adhoc"},
+                               cwd=str(REPORT_NOTEBOOK.parent.parent), progress_bar=False)
+    text = "\n".join(str(o.get("data", {}).get("text/markdown", "")) for c in nbformat.read(out, as_version=4).cells
+                     if c.cell_type == "code" for o in c.outputs)
+    assert "1 serving runs (0 A/A), load points 1, 2, 4" in text
+    png = root / "adhoc" / "report" / "serving_effect_vs_load.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
