@@ -104,7 +104,9 @@ class RunSpec:
                 object.__setattr__(self, name, tuple(value))
         if isinstance(self.arms, (list, tuple)):
             object.__setattr__(self, "arms", tuple(dict(a) if isinstance(a, dict) else a for a in self.arms))
-        if self.serving:  # `vllm serve` always runs its engine core in a process of its own: record that
+        # Record where the engine core really runs: `vllm serve` and tensor-parallel workers always give it a
+        # process of its own, whatever a profile prefers for single-rank offline runs.
+        if self.serving or self.tensor_parallel_size != 1:
             object.__setattr__(self, "engine_in_process", False)
         _validate(self)
 
@@ -216,9 +218,6 @@ def _validate(spec: RunSpec) -> None:
            f"must be <= prompt_max_chars ({spec.prompt_max_chars})", spec.prompt_min_chars)
     for name in ("adaptive_draft_length", "ncu", "enforce_eager", "engine_in_process", "ignore_eos"):
         _check(isinstance(getattr(spec, name), bool), name, "must be true or false", getattr(spec, name))
-    _check(not (spec.engine_in_process and spec.tensor_parallel_size > 1), "engine_in_process",
-           "needs tensor_parallel_size 1 (tensor-parallel workers run beside an engine process)",
-           spec.engine_in_process)
     _check(isinstance(spec.run_id, str) and spec.run_id and "/" not in spec.run_id and not spec.run_id.startswith("."),
            "run_id", "must be a non-empty file name", spec.run_id)
     _check(not isinstance(spec.ncu_metrics, str), "ncu_metrics",

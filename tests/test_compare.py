@@ -140,8 +140,8 @@ def test_plugin_overhead_arms_against_stock():
     assert pairs == [("stock", "run", "engines-interleaved"), ("stock", "plugin_off", "engines-interleaved"),
                      ("stock", "gate", "engines-interleaved"), ("plugin_off", "run", "within-engine"),
                      ("plugin_off", "gate", "within-engine")]
-    assert list(overhead.instances[:1]) == ["3 vs 3 engine instances, 30 vs 30 batches"]
-    assert list(overhead.instances[3:]) == ["3 paired instances, 30 vs 30 batches"] * 2
+    assert list(overhead.instances[:1]) == ["3 vs 3 engine instances, 12 vs 12 batches"]
+    assert list(overhead.instances[3:]) == ["3 paired instances, 12 vs 12 batches"] * 2
     assert overhead.calibration[0].startswith("A/A band") and "engines-interleaved" in overhead.calibration[0]
     assert "within-engine" in overhead.calibration[3]
 

@@ -224,9 +224,9 @@ def test_spec_with_arms_is_hashable_and_round_trips():
     assert RunSpec(**spec.to_dict()) == spec
 
 
-def test_engine_in_process_needs_one_rank():
-    with pytest.raises(ConfigError, match="engine_in_process.*tensor_parallel_size 1"):
-        RunSpec(engine_in_process=True, tensor_parallel_size=2)
+def test_engine_in_process_only_where_it_can_be():
+    # Tensor-parallel workers need an engine process: a profile's preference must not be recorded as applied.
+    assert RunSpec(engine_in_process=True, tensor_parallel_size=2).engine_in_process is False
     assert RunSpec(engine_in_process=True).engine_in_process is True
 
 
