@@ -154,7 +154,10 @@ def plot_draft_tokens_and_acceptance(acceptance: pd.DataFrame) -> plt.Figure:
     """
     sns.set_theme(style="whitegrid")
     frame = acceptance.assign(mode=acceptance.adaptive.map(ON_OFF))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * frame.label.nunique() + 2.5), sharey=True)
+    columns = ("spec_num_draft_tokens", "draft_acceptance_rate")
+    drawn = any(frame[c].notna().any() for c in columns)
+    # Without a single bar the panels only say why: one row per workload would stretch them to metres.
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * frame.label.nunique() + 2.5 if drawn else 3.5), sharey=True)
     for ax, column, xlabel in ((axes[0], "spec_num_draft_tokens", "draft tokens proposed (log scale)"),
                                (axes[1], "draft_acceptance_rate", "draft acceptance rate (accepted / drafted)")):
         data = frame.dropna(subset=[column]).astype({column: float})
@@ -166,7 +169,7 @@ def plot_draft_tokens_and_acceptance(acceptance: pd.DataFrame) -> plt.Figure:
         ax.set(xlabel=xlabel, ylabel="", xscale="log" if column == "spec_num_draft_tokens" else "linear")
         ax.legend(title=None, fontsize=8)
     labels = list(dict.fromkeys(frame.label))
-    for row in frame[frame.status != "ok"].itertuples():
+    for row in frame[frame.status != "ok"].itertuples() if drawn else ():
         offset = 0.2 if row.adaptive is True else -0.2  # the bar slot seaborn leaves empty for this run
         axes[1].text(0.01, labels.index(row.label) + offset, _short(f"{row.mode}: {row.reason}", 70),
                      va="center", fontsize=7, color="tab:red", transform=axes[1].get_yaxis_transform())

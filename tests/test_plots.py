@@ -135,3 +135,14 @@ def test_report_notebook_executes_end_to_end(tmp_path):
     assert len(images) == 7
     saved = sorted(p.name for p in (tmp_path / "smoke" / "report").iterdir())
     assert saved == sorted(f"{name}.{ext}" for name in figures("smoke") for ext in ("png", "svg"))
+
+
+def test_draft_tokens_figure_stays_small_when_no_run_was_measured():
+    # A profile with only calibration runs (e.g. an H100 session): every adaptive run is missing.
+    frames, *_ = report("smoke")
+    acceptance = views.acceptance_by_workload(frames, "adaptive_grid")
+    missing = acceptance.assign(status="missing", reason="missing: no result", spec_num_draft_tokens=float("nan"),
+                                draft_acceptance_rate=float("nan"))
+    fig = plots.plot_draft_tokens_and_acceptance(missing)
+    assert "no data (missing: no result" in texts(fig)
+    assert fig.get_figheight() < 6 and all(not ax.texts or len(ax.texts) == 1 for ax in fig.axes)
