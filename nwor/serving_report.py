@@ -108,23 +108,21 @@ def effect_vs_load(frame: pd.DataFrame, metric: str = "output_tokens_per_s", see
 def judge_against_aa(effects: pd.DataFrame) -> pd.DataFrame:
     """`effects` plus the A/A band of the same workload and load point, and whether each effect is established.
 
-    The band is the A/A run's interval, or [min(0, e), max(0, e)] of its point effect without one. An effect
-    is established when its interval (its point, without one) lies wholly outside the band; A/A rows and
-    load points without an A/A run get null.
+    The band is the A/A run's interval. As everywhere in nwor, a verdict needs intervals: an effect is
+    established when its interval lies wholly outside the band; without an interval on either side (one server
+    instance per arm) `established` is null, "no verdict", however large the point effect. A/A rows and load
+    points without an A/A run get null too.
     """
     out = effects.copy()
     out["aa_low"], out["aa_high"], out["established"] = None, None, None
     aa = effects[effects["aa"]]
     for index, row in effects[~effects["aa"]].iterrows():
         match = aa[(aa["workload"] == row["workload"]) & (aa["concurrency"] == row["concurrency"])]
-        if match.empty or pd.isna(match["effect"].iloc[0]) or pd.isna(row["effect"]):
+        if match.empty or pd.isna(match["low"].iloc[0]) or pd.isna(row["low"]):
             continue
         ref = match.iloc[0]
-        low, high = (ref["low"], ref["high"]) if pd.notna(ref["low"]) else (min(0.0, ref["effect"]),
-                                                                          max(0.0, ref["effect"]))
-        lo, hi = (row["low"], row["high"]) if pd.notna(row["low"]) else (row["effect"], row["effect"])
-        out.at[index, "aa_low"], out.at[index, "aa_high"] = low, high
-        out.at[index, "established"] = bool(lo > high or hi < low)
+        out.at[index, "aa_low"], out.at[index, "aa_high"] = ref["low"], ref["high"]
+        out.at[index, "established"] = bool(row["low"] > ref["high"] or row["high"] < ref["low"])
     return out
 
 
@@ -218,9 +216,11 @@ def report_section(folder: str | Path, metric: str = "output_tokens_per_s") -> t
     effects = judge_against_aa(effect_vs_load(frame, metric))
     judged = effects[effects["established"].notna()]
     established = judged[judged["established"].astype(bool)]
+    unjudged = int((~effects["aa"] & effects["established"].isna()).sum())
     loads = sorted(effects["concurrency"].unique())
     summary = (f"{effects['run_id'].nunique()} serving runs ({int(effects['aa'].groupby(effects['run_id']).first().sum())}"
                f" A/A), load points {', '.join(map(str, loads))}, up to {int(effects['instances_run'].max())} server "
                f"instances per arm. Effect = run arm / features-off arm - 1 in {metric}; "
-               f"{len(established)} of {len(judged)} judged effects lie outside their A/A band.")
+               f"{len(established)} of {len(judged)} judged effects lie outside their A/A band; {unjudged} effects have no "
+               f"verdict (an interval needs at least 2 server instances per arm, and an A/A run with them).")
     return effects, summary

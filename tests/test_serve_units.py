@@ -252,14 +252,27 @@ def test_load_sweeps_reads_a_grid_folder_and_skips_what_is_not_a_serving_result(
 def test_effects_are_judged_against_the_aa_band_of_the_same_workload_and_load():
     from nwor.serving_report import judge_against_aa
 
-    aa = _doc({("baseline", 0, 1): 100.0, ("run", 1, 1): 104.0, ("baseline", 0, 2): 100.0, ("run", 1, 2): 98.0},
-              run_id="aa", aa=True)
-    run = _doc({("baseline", 0, 1): 100.0, ("run", 1, 1): 103.0, ("baseline", 0, 2): 100.0, ("run", 1, 2): 90.0})
+    def two_per_arm(run_values, base_values, **kw):  # {concurrency: (first, second)} per arm
+        values = {}
+        for arm, per_load, first in (("run", run_values, 0), ("baseline", base_values, 2)):
+            for concurrency, pair in per_load.items():
+                for k, value in enumerate(pair):
+                    values[(arm, first + k, concurrency)] = value
+        return _doc(values, **kw)
+
+    aa = two_per_arm({1: (101.0, 103.0), 2: (99.0, 101.0)}, {1: (100.0, 100.0), 2: (100.0, 100.0)}, run_id="aa",
+                     aa=True)
+    run = two_per_arm({1: (102.0, 102.5), 2: (90.0, 89.0)}, {1: (100.0, 100.0), 2: (100.0, 100.0)})
     judged = judge_against_aa(effect_vs_load(sweep_frame([aa, run]))).set_index(["run_id", "concurrency"])
-    assert judged.loc[("r1", 1), "established"] is False  # +3 % inside the A/A band [0, +4 %]
-    assert judged.loc[("r1", 2), "established"] is True  # -10 % outside [-2 %, 0]
-    assert judged.loc[("r1", 2), "aa_low"] == pytest.approx(-0.02, abs=1e-12)
+    assert judged.loc[("r1", 1), "established"] is False  # +2.2 % inside the A/A interval [+1, +3 %]
+    assert judged.loc[("r1", 2), "established"] is True  # -10.5 % outside [-1, +1 %]
+    assert judged.loc[("r1", 2), "aa_low"] == pytest.approx(-0.01, abs=1e-12)
     assert judged.loc[("aa", 1), "established"] is None
+    # One server per arm: no interval, so no verdict however large the point effect (the protocol's rule).
+    single = _doc({("baseline", 0, 1): 100.0, ("run", 1, 1): 180.0}, run_id="r2")
+    single_aa = _doc({("baseline", 0, 1): 100.0, ("run", 1, 1): 99.0}, run_id="aa2", aa=True)
+    lone = judge_against_aa(effect_vs_load(sweep_frame([single_aa, single]))).set_index("run_id")
+    assert lone.loc["r2", "established"] is None
 
 
 def test_load_curves_one_line_per_arm_and_instance():
