@@ -43,6 +43,8 @@ class Design:
     instances: list[dict]  # {"instance", "group", "arms", "rounds": [[arm names per measured round]]}
     seed: int
     engine_instances: int
+    engine_process: str = "own"  # where the engine cores run: "own" (vLLM's default) or "in-process" (the kernel)
+    engine_process_note: str | None = None  # why a requested in-process engine was not used
 
     def to_dict(self) -> dict:
         group_of = {name: g for g, names in enumerate(self.groups) for name in names}
@@ -51,7 +53,8 @@ class Design:
         order = [{"instance": i["instance"], "group": i["group"], "arms": i["arms"],
                   "batches": [name for rnd in i["rounds"] for name in rnd]} for i in self.instances]
         return {"name": self.name, "engine_instances": self.engine_instances, "groups": self.groups,
-                "order": order, "seed": self.seed, "arms": arms,
+                "order": order, "seed": self.seed, "arms": arms, "engine_process": self.engine_process,
+                "engine_process_note": self.engine_process_note,
                 "rule": "arms differing only in nwor-plugin settings share an engine and alternate by batch; "
                         "others get separate engines; orders are seeded permutations, then reversed (ABBA)"}
 
@@ -94,7 +97,26 @@ def plan_design(spec: RunSpec, cap: Capability) -> Design:
     instances = [{"instance": i, "group": g, "arms": groups[g],
                   "rounds": balanced_rounds(groups[g], spec.measured_batches, rng)}
                  for i, g in enumerate(instance_order(groups, spec.engine_instances, rng))]
-    return Design(design_name(groups), arms, plans, groups, setups, instances, seed, spec.engine_instances)
+    process, note = _engine_process(spec, setups, cap)
+    return Design(design_name(groups), arms, plans, groups, setups, instances, seed, spec.engine_instances,
+                  process, note)
+
+
+def _engine_process(spec: RunSpec, setups: list[EngineSetup], cap: Capability) -> tuple[str, str | None]:
+    """Where this run's engine cores run, and why an in-process request was declined.
+
+    In-process engines share the kernel's Python state: vLLM loads plugins once per process and nwor's plugin
+    patches vLLM's classes when it installs, so a stock engine after a plugin engine (or the reverse) in one
+    kernel would not be what its arm says. The fork's switches are read by its own code paths, and its older
+    branch schedules no drafts in-process. Such runs keep an engine process of their own.
+    """
+    if not spec.engine_in_process:
+        return "own", None
+    if cap.flavour != "stock":
+        return "own", f"in-process declined: the {cap.flavour} build runs its engine core in its own process"
+    if len({s.plugin_loaded for s in setups}) > 1:
+        return "own", "in-process declined: stock and plugin-loaded engines must not share the kernel's process"
+    return "in-process", None
 
 
 def _configurer(llm, plugin_loaded: bool):
@@ -125,7 +147,7 @@ def run_instances(spec: RunSpec, design: Design, *, profile_region: bool = False
         for key in set_keys - set(setup.plan.env):
             os.environ.pop(key, None)  # a previous instance's switches (e.g. the plugin's) must not leak
         set_keys = set(setup.plan.env)
-        lead = design.arms[setup.lead].spec
+        lead = replace(design.arms[setup.lead].spec, engine_in_process=design.engine_process == "in-process")
         started_utc = provenance.utc_now()
         t0 = time.perf_counter()
         llm = start_engine(lead, resolve_models(lead), setup.plan, profile_region=profile_region)

@@ -167,3 +167,22 @@ def test_plugin_fields_are_what_configure_can_change():
     assert set(PLUGIN_FIELDS) == {"adaptive_draft_length", "confidence_threshold", "draft_length_options"}
     cfg = plugin_config(RunSpec(adaptive_draft_length=True, confidence_threshold=0.3, draft_length_options=[2, 4]))
     assert (cfg.adaptive_draft_length, cfg.confidence_threshold, cfg.draft_length_options) == (True, 0.3, (2, 4))
+
+
+def test_in_process_engines_only_where_arms_cannot_leak_into_each_other():
+    from nwor.features import Capability
+    from nwor.grid import expand_all
+    from nwor.instances import plan_design
+
+    stock = Capability("0.32.0", "cpu", "stock", plugin_supported=True)
+    specs = {s.run_id: s for s in expand_all(["all"], "smoke")}
+    adaptive = plan_design(specs["run3_r36_t128_temp0.0_d10_adaptive1"], stock)
+    assert (adaptive.engine_process, adaptive.engine_process_note) == ("in-process", None)
+    # Stock and plugin-loaded engines in one run: the plugin patches vLLM's classes in its process.
+    overhead = plan_design(specs["overhead_run1_r36_t128_temp0.0_d10_thresh0.5"], stock)
+    assert overhead.engine_process == "own" and "stock and plugin-loaded" in overhead.engine_process_note
+    assert overhead.to_dict()["engine_process"] == "own"
+    fork = plan_design(specs["run3_r36_t128_temp0.0_d10_adaptive1"],
+                       Capability("0.11.1", "cpu", "nwor-fork", plugin_supported=False,
+                                  adaptive_env="VLLM_NWOR_ADAPTIVE_DRAFT_LENGTH"))
+    assert fork.engine_process == "own" and "nwor-fork build" in fork.engine_process_note
