@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-import nwor
+from nwor._version import __version__
 from nwor.errors import ConfigError, NworError
 
 # Plain help (rich_markup_mode=None): typer's rich help labels every flag `<bool>`, `--help` included.
@@ -38,7 +38,7 @@ FeatureImplOpt = typer.Option(None, "--feature-impl", help="auto | native | plug
 
 def _version(value: bool) -> None:
     if value:
-        out.print(f"nwor {nwor.__version__}", highlight=False)
+        out.print(f"nwor {__version__}", highlight=False)
         raise typer.Exit(0)
 
 
