@@ -18,10 +18,11 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from nwor.errors import SchemaError
+from nwor.ncu_metrics import DRAM_WRITE
 from nwor.results import SCHEMA_VERSION, STATUSES, read_result
+
 logger = logging.getLogger(__name__)
 
-DRAM_WRITE = "dram__bytes_write.sum"
 LEGACY = "single-arm (older result without replicates: one engine instance assumed)"
 OLDER_VERSIONS = tuple(v for v in (1,) if v != SCHEMA_VERSION)  # schema versions written before replicates
 INT_COLUMNS = ("workload_number", "num_prompts", "max_tokens", "num_speculative_tokens", "n_batches",

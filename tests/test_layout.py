@@ -57,3 +57,35 @@ def test_version_is_read_from_its_own_module(name):
 
     module = importlib.import_module(f"nwor.{name}")
     assert module.__version__ == __version__
+
+
+def _string_literals(path: Path) -> list[str]:
+    """Every string constant of a module except docstrings (prose may name a metric)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+            and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_ncu_metric_names_have_one_source():
+    from nwor import ncu_metrics
+
+    names = set(ncu_metrics.KV_WRITE_METRICS)
+    scripts = PACKAGE.parent / "scripts"
+    holders = {str(p.relative_to(PACKAGE.parent)) for p in [*_modules(), *sorted(scripts.glob("*.py"))]
+               if any(name in text for text in _string_literals(p) for name in names)}
+    assert holders == {"nwor/ncu_metrics.py"}
+
+
+def test_schema_version_and_statuses_have_one_source():
+    assignments = {}
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and target.id in ("SCHEMA_VERSION", "STATUSES"):
+                        assignments.setdefault(target.id, []).append(str(path.relative_to(PACKAGE.parent)))
+    assert assignments == {"SCHEMA_VERSION": ["nwor/results.py"], "STATUSES": ["nwor/results.py"]}
