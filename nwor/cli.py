@@ -257,7 +257,7 @@ def _run_with_progress(states, n_todo, estimate, outputs, force, rid) -> bool:
 
             threading.Thread(target=tick, daemon=True).start()
             signal.signal(signal.SIGTERM, _on_sigterm)
-            run_suite([s.spec for s in states], root=outputs, force=force, progress=progress)
+            run_suite([s.spec for s in states], root=outputs, force=force, progress=progress, states=states)
         except KeyboardInterrupt as interrupt:
             left = n_todo - len(results)
             err.print(f"interrupted: {left} runs remain; run the same command to resume")

@@ -89,3 +89,10 @@ def test_schema_version_and_statuses_have_one_source():
                     if isinstance(target, ast.Name) and target.id in ("SCHEMA_VERSION", "STATUSES"):
                         assignments.setdefault(target.id, []).append(str(path.relative_to(PACKAGE.parent)))
     assert assignments == {"SCHEMA_VERSION": ["nwor/results.py"], "STATUSES": ["nwor/results.py"]}
+
+
+def test_refusal_is_decided_by_the_error_hierarchy():
+    from nwor.errors import is_refusal
+
+    assert is_refusal("ConfigError") and is_refusal("FeatureUnavailable")
+    assert not is_refusal("RunFailed") and not is_refusal("ValueError") and not is_refusal("is_refusal")

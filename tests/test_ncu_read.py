@@ -202,14 +202,6 @@ def test_summarize_text():
     assert "results: 1 " in report and "1,736,831,232 byte" in report
 
 
-def test_side_paths_keep_dotted_run_ids():
-    from nwor.ncu_pass import side_paths
-
-    paths = side_paths("outputs/p/early_exit_grid/run3_r36_t128_temp0.0_thresh0.5.json")
-    assert paths["report"].name == "run3_r36_t128_temp0.0_thresh0.5.ncu-rep"
-    assert paths["pass_result"].name == "run3_r36_t128_temp0.0_thresh0.5.ncu-pass.json"
-
-
 def test_one_metric_list_in_the_project():
     """nwor/ncu_metrics.py holds the only list; the run notebook's hand-run default equals it."""
     import json
