@@ -6,6 +6,7 @@ from pathlib import Path
 from nwor.config import SPEC_FIELDS, RunSpec
 from nwor.errors import ConfigError, RunFailed, is_refusal
 from nwor.files import use_atomic_notebook_writes
+from nwor.kernel import ipc_kernel_manager_class
 from nwor.paths import OUTPUTS_ENV, PACKAGE_ROOT, RunPaths, outputs_root, run_dir  # noqa: F401  (re-exported)
 from nwor.results import failure, read_result, write_result
 
@@ -77,7 +78,7 @@ def run_notebook(spec: RunSpec, *, root=None, notebook: Path | None = None) -> d
     try:
         # Relative paths: papermill records them in the executed notebook, which gets shared.
         papermill.execute_notebook(relative_path(notebook), relative_path(executed), parameters=parameters,
-                                   kernel_name="python3",
+                                   kernel_name="python3", kernel_manager_class=ipc_kernel_manager_class(),
                                    # An in-process engine is shut down inside measure(); a graceful kernel exit
                                    # then only waits out vLLM's and torch's atexit hooks (~3.5 s a smoke run).
                                    shutdown_kernel="immediate" if spec.engine_in_process else "graceful",

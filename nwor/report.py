@@ -12,6 +12,7 @@ from pathlib import Path
 from nwor.errors import ConfigError, RunFailed
 from nwor.execute import REPORT_NOTEBOOK, check_parameters, relative_path
 from nwor.grid import load_profile
+from nwor.kernel import ipc_kernel_manager_class
 from nwor.paths import STAGING_FOLDER, ReportPaths, profile_dir  # noqa: F401  (STAGING_FOLDER: read by tests)
 
 
@@ -58,7 +59,8 @@ def render_report(profile: str, root: str | Path | None = None) -> Path:
             parameters = {"profile": profile, "outputs_root": relative_path(paths.profile_dir.parent),
                           "report_folder": relative_path(staging)}
             papermill.execute_notebook(relative_path(REPORT_NOTEBOOK), relative_path(executed),
-                                       kernel_name="python3", progress_bar=False, parameters=parameters)
+                                       kernel_name="python3", kernel_manager_class=ipc_kernel_manager_class(),
+                                       progress_bar=False, parameters=parameters)
         except papermill.PapermillExecutionError as err:
             for stale in staging.iterdir():  # figures of a failed render are incomplete
                 if stale != executed:
