@@ -16,11 +16,12 @@ from pathlib import Path
 
 from nwor import metrics as m
 from nwor import provenance
-from nwor.config import RunSpec, resolve_models, spec_from_mapping
+from nwor.config import RunSpec, spec_from_mapping
 from nwor.design import RUN_ARM, WarmupRule
 from nwor.engine import quiet_streams, route_vllm_logs
 from nwor.errors import NworError
 from nwor.features import detect_capability, plan_features
+from nwor.models import resolve_models
 from nwor.prompts import batch_prompts
 from nwor.results import envelope, seed_summary
 

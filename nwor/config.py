@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from nwor.errors import ConfigError
+from nwor.ncu_argv import REPLAY_MODES as NCU_REPLAY_MODES
 from nwor.ncu_metrics import NCU_METRICS
 
 METHODS = ("eagle", "ngram", "none")
@@ -16,7 +17,6 @@ FEATURE_IMPLS = ("auto", "native", "plugin")
 # "after" is the only mode: the profiled pass always runs after the measured one (profiling instead of
 # measuring was never implemented, so the value is refused rather than silently ignored).
 NCU_MODES = ("after",)
-NCU_REPLAY_MODES = ("app-range", "kernel")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")  # the names vLLM's --dtype accepts
 ARM_DESIGNS = ("auto", "engines")
 # Keys an arm may set besides RunSpec fields; RunSpec fields that name or shape the run itself may not vary.
@@ -301,21 +301,3 @@ def apply_env_overrides(values: dict, environ=os.environ) -> dict:
             else:
                 out[name] = raw
     return out
-
-
-def resolve_models(spec: RunSpec) -> dict:
-    """Local paths for the engine: the tiny names are built on demand (nwor.tiny), others pass through."""
-    paths = {"target_model": spec.target_model, "draft_model": spec.draft_model}
-    if TINY_TARGET in (spec.target_model, spec.draft_model) or spec.draft_model == TINY_DRAFT:
-        from nwor.tiny import RECIPES, ensure_tiny_models
-
-
-        tiny = ensure_tiny_models(RECIPES[spec.tiny_models])
-        if spec.target_model == TINY_TARGET:
-            paths["target_model"] = tiny.target
-        if spec.draft_model == TINY_DRAFT:
-            paths["draft_model"] = tiny.draft
-    if spec.method == "ngram":
-        paths["draft_model"] = None
-    return paths
-

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 from nwor import bench, provenance
 from nwor import metrics as m
-from nwor.config import RunSpec, resolve_models
+from nwor.config import RunSpec
+from nwor.models import resolve_models
 from nwor.design import (RUN_ARM, Arm, arms_of, balanced_rounds, design_name, design_seed, group_arms,
                          instance_order, plugin_config)
 from nwor.engine import engine_speculation, release_engine, start_engine

@@ -13,7 +13,7 @@ from pathlib import Path
 from nwor.config import RunSpec, hash_params
 from nwor.errors import FeatureUnavailable, LockHeld, NworError, OutputsUnwritable, RunFailed, SchemaError
 from nwor.execute import run_notebook, run_paths
-from nwor.paths import GRID_LOG, MASTER_LOG, RunPaths, profile_dir, run_dir
+from nwor.paths import MASTER_LOG, RunPaths, profile_dir, run_dir
 from nwor.results import STATUSES, failure, read_result, write_result
 
 

@@ -96,3 +96,10 @@ def test_refusal_is_decided_by_the_error_hierarchy():
 
     assert is_refusal("ConfigError") and is_refusal("FeatureUnavailable")
     assert not is_refusal("RunFailed") and not is_refusal("ValueError") and not is_refusal("is_refusal")
+
+
+def test_modules_stay_readable_in_one_sitting():
+    # House style: one job per module, about 300 lines at most; the plugin (vLLM hooks) is exempt.
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in _modules()
+            if "plugin" not in p.relative_to(PACKAGE).parts and (n := len(p.read_text().splitlines())) > 310}
+    assert long == {}
