@@ -116,7 +116,9 @@ def _drive(name: str, args) -> dict:
             plugin.configure(llm, plugin_config(spec))  # EWMA 0.5 and zero counters, as a fresh engine
         before = m.snapshot(llm)
         outputs = generate(temperature)
-        run = {"temperature": temperature, "outputs": outputs, "spec_decode_metrics": m.diff(before, m.snapshot(llm))}
+        delta = m.diff(before, m.snapshot(llm))
+        run = {"temperature": temperature, "outputs": outputs,
+               "spec_decode_metrics": {k: v for k, v in delta.items() if k.startswith(m.SPEC_PREFIX)}}
         if plugin_loaded:
             run["stats"] = plugin.read_stats(llm)
         result["runs"][f"t{temperature}"] = run
