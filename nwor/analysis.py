@@ -18,10 +18,12 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from nwor.errors import SchemaError
+from nwor.ncu_metrics import DRAM_WRITE
+from nwor.paths import is_side_result, report_folder
 from nwor.results import SCHEMA_VERSION, STATUSES, read_result
+
 logger = logging.getLogger(__name__)
 
-DRAM_WRITE = "dram__bytes_write.sum"
 LEGACY = "single-arm (older result without replicates: one engine instance assumed)"
 OLDER_VERSIONS = tuple(v for v in (1,) if v != SCHEMA_VERSION)  # schema versions written before replicates
 INT_COLUMNS = ("workload_number", "num_prompts", "max_tokens", "num_speculative_tokens", "n_batches",
@@ -252,8 +254,8 @@ def load_profile(outputs_root: str | Path, profile: str,
         FileNotFoundError: the profile folder does not exist or holds no result JSON.
     """
     folder = Path(outputs_root) / profile
-    # The ncu pass's own result (`<run_id>.ncu-pass.json`) sits beside the run's; it is not a run.
-    paths = sorted(p for p in folder.glob("*/*.json") if not p.name.endswith(".ncu-pass.json"))
+    # An ncu pass's own result (`<run_id>.ncu-pass.json`) sits beside the run's; it is not a run.
+    paths = sorted(p for p in folder.glob("*/*.json") if not is_side_result(p))
     if not paths:
         raise FileNotFoundError(f"no result JSONs under {folder}/<grid>/")
     runs, arms, counters, batches, requests, skipped = [], [], [], [], [], []
@@ -295,5 +297,5 @@ def load_profile(outputs_root: str | Path, profile: str,
 
 
 def report_dir(outputs_root: str | Path, profile: str) -> Path:
-    """`<outputs_root>/<profile>/report`, where the report's figures go."""
-    return Path(outputs_root) / profile / "report"
+    """`<outputs_root>/<profile>/report`, where the report's figures go (`nwor.paths.report_folder`)."""
+    return report_folder(outputs_root, profile)

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from nwor import metrics as m
 from nwor import provenance
-from nwor.config import RunSpec, resolve_models, spec_from_mapping
+from nwor.config import RunSpec, spec_from_mapping
 from nwor.design import RUN_ARM, WarmupRule
-from nwor.engine import native_early_exit_from_log, quiet_streams, route_vllm_logs
+from nwor.engine import quiet_streams, route_vllm_logs
 from nwor.errors import NworError
-from nwor.features import ADAPTIVE, EARLY_EXIT, detect_capability, plan_features
+from nwor.features import detect_capability, plan_features
+from nwor.models import resolve_models
 from nwor.prompts import batch_prompts
 from nwor.results import envelope, seed_summary
 
@@ -112,30 +113,6 @@ def _summarise(spec: RunSpec, batches: list, requests: list, counters: dict) -> 
     return out
 
 
-def _feature_stats(plan, plugin_totals: dict | None, log_path) -> tuple[dict, dict]:
-    """Early-exit counters and the chosen draft-length histogram over arm "run"'s measured batches."""
-    unavailable = {"status": "unavailable", "tokens_stopped": None, "checks": None, "stop_pct": None}
-    if plan.uses_plugin and plugin_totals is not None:
-        early = {"status": "ok", "source": plan.feature_impl, "tokens_stopped": plugin_totals["tokens_stopped"],
-                 "checks": plugin_totals["checks"], "stop_pct": plugin_totals["stop_pct"], "reason": None}
-        lengths = {"status": "ok", "steps": plugin_totals["steps"],
-                   "histogram": {str(k): v for k, v in plugin_totals["draft_length_histogram"].items()}}
-        return early, lengths
-    if plan.impl[EARLY_EXIT] == "native":
-        parsed = native_early_exit_from_log(log_path) if log_path else None
-        if parsed:
-            # The fork's counters are cumulative since engine start (warm-up included): labelled so.
-            return ({"status": "ok", "source": "native-log", "window": "engine lifetime (last instance)", **parsed,
-                     "reason": None},
-                    {"status": "unavailable", "histogram": None, "reason": "the fork does not expose chosen lengths"})
-        unavailable["reason"] = "the fork logged no early-exit stats line"
-    elif plan.impl[EARLY_EXIT] == "off" and plan.impl[ADAPTIVE] == "off":
-        unavailable["reason"] = "features off for this run"
-    else:
-        unavailable["reason"] = "no early-exit instrumentation for this implementation"
-    return unavailable, {"status": "unavailable", "histogram": None, "reason": unavailable["reason"]}
-
-
 def measure(spec: RunSpec, *, log_path: str | Path | None = None, profile_region: bool = False,
             on_batch=None) -> dict:
     """Run one experiment (every arm, every engine instance) and return its result document; never writes files.
@@ -163,7 +140,7 @@ def _measure(spec: RunSpec, log_path, profile_region: bool, on_batch) -> dict:
     counters = run["counters"]
     metrics = {**_summarise(spec, run["results"], run["requests"], counters),
                "gpu_memory_used_bytes": run["gpu_memory_used_bytes"]}
-    early_exit, draft_lengths = _feature_stats(plan, run["plugin_stats"], log_path)
+    early_exit, draft_lengths = plan.feature_stats(run["plugin_stats"], log_path)
     models = resolve_models(spec)
     return envelope(
         spec, "ok", started_utc=started, finished_utc=provenance.utc_now(),

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import re
-import signal
 import sys
-import time
 from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-import nwor
+from nwor._version import __version__
 from nwor.errors import ConfigError, NworError
 
 # Plain help (rich_markup_mode=None): typer's rich help labels every flag `<bool>`, `--help` included.
@@ -38,7 +35,7 @@ FeatureImplOpt = typer.Option(None, "--feature-impl", help="auto | native | plug
 
 def _version(value: bool) -> None:
     if value:
-        out.print(f"nwor {nwor.__version__}", highlight=False)
+        out.print(f"nwor {__version__}", highlight=False)
         raise typer.Exit(0)
 
 
@@ -203,73 +200,15 @@ def run(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt,
     if ended:
         out.print(f"ended {ended} processes (vLLM engines, kernels) left behind by a killed nwor run")
     rid = reaper.mark_runner()
+    from nwor.progress import run_with_progress
+
     try:
-        ok = _run_with_progress(states, len(todo), estimate, outputs, force, rid)
+        ok = run_with_progress(states, len(todo), estimate, outputs, force, rid, out=out, err=err)
+    except NworError as e:
+        _fail(e)
     finally:
         reaper.reap(rid)  # nothing this runner started outlives it, however it ends
     raise typer.Exit(0 if ok else 1)
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, timeout, CI cancellation): stops the suite the way Ctrl-C does."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
-def _run_with_progress(states, n_todo, estimate, outputs, force, rid) -> bool:
-    from nwor import reaper
-    from nwor.suite import run_suite
-
-    # Rounded: the run bar counts seconds against the estimate, which rich would print as raw floats.
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    results = {}
-    with Progress(*columns, console=err, transient=False) as bar:
-        suite_task = bar.add_task("suite", total=n_todo)
-        run_task = bar.add_task("", total=estimate or 60)
-        started = [time.monotonic()]
-
-        def progress(event, state, index, total):
-            if event == "start":
-                started[0] = time.monotonic()
-                bar.reset(run_task, total=estimate or 60, description=state.spec.run_id)
-            else:
-                reaper.reap(rid)  # an engine the run's kernel left behind would hold its memory for the next
-                results[state.spec.run_id] = state
-                bar.update(run_task, completed=estimate or 60)
-                bar.advance(suite_task)
-                colour = "green" if state.status == "done" else "red"
-                bar.console.print(f"[{colour}]{state.status:>8}[/] {state.spec.grid}/{state.spec.run_id} "
-                                  f"({time.monotonic() - started[0]:.0f} s)"
-                                  + (f": {state.reason}" if state.reason else ""), highlight=False)
-
-        try:
-            import threading
-
-            stop = threading.Event()
-
-            def tick():  # the current run's bar advances with time against the estimate
-                while not stop.wait(1.0):
-                    bar.update(run_task, completed=min(time.monotonic() - started[0], (estimate or 60) * 0.99))
-
-            threading.Thread(target=tick, daemon=True).start()
-            signal.signal(signal.SIGTERM, _on_sigterm)
-            run_suite([s.spec for s in states], root=outputs, force=force, progress=progress)
-        except KeyboardInterrupt as interrupt:
-            left = n_todo - len(results)
-            err.print(f"interrupted: {left} runs remain; run the same command to resume")
-            raise typer.Exit(128 + (signal.SIGTERM if isinstance(interrupt, _Terminated) else signal.SIGINT))
-        except NworError as e:
-            _fail(e)
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            stop.set()
-    failed = [s for s in results.values() if s.status != "done"]
-    out.print(f"{len(results) - len(failed)} runs done, {len(failed)} failed or refused")
-    return not failed
 
 
 @app.command()

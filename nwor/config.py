@@ -9,12 +9,14 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from nwor.errors import ConfigError
+from nwor.ncu_argv import REPLAY_MODES as NCU_REPLAY_MODES
 from nwor.ncu_metrics import NCU_METRICS
 
 METHODS = ("eagle", "ngram", "none")
 FEATURE_IMPLS = ("auto", "native", "plugin")
-NCU_MODES = ("after", "instead")
-NCU_REPLAY_MODES = ("app-range", "kernel")
+# "after" is the only mode: the profiled pass always runs after the measured one (profiling instead of
+# measuring was never implemented, so the value is refused rather than silently ignored).
+NCU_MODES = ("after",)
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")  # the names vLLM's --dtype accepts
 ARM_DESIGNS = ("auto", "engines")
 # Keys an arm may set besides RunSpec fields; RunSpec fields that name or shape the run itself may not vary.
@@ -211,7 +213,9 @@ def _validate(spec: RunSpec) -> None:
     _check(spec.method in METHODS, "method", f"must be one of {', '.join(METHODS)}", spec.method)
     _check(spec.feature_impl in FEATURE_IMPLS, "feature_impl", f"must be one of {', '.join(FEATURE_IMPLS)}",
            spec.feature_impl)
-    _check(spec.ncu_mode in NCU_MODES, "ncu_mode", f"must be one of {', '.join(NCU_MODES)}", spec.ncu_mode)
+    _check(spec.ncu_mode in NCU_MODES, "ncu_mode",
+           "must be after (the profiled pass runs after the measured one; profiling instead is not implemented)",
+           spec.ncu_mode)
     _check(spec.ncu_replay_mode in NCU_REPLAY_MODES, "ncu_replay_mode",
            f"must be one of {', '.join(NCU_REPLAY_MODES)}", spec.ncu_replay_mode)
     _check(spec.prompt_min_chars <= spec.prompt_max_chars, "prompt_min_chars",
@@ -297,21 +301,3 @@ def apply_env_overrides(values: dict, environ=os.environ) -> dict:
             else:
                 out[name] = raw
     return out
-
-
-def resolve_models(spec: RunSpec) -> dict:
-    """Local paths for the engine: the tiny names are built on demand (nwor.tiny), others pass through."""
-    paths = {"target_model": spec.target_model, "draft_model": spec.draft_model}
-    if TINY_TARGET in (spec.target_model, spec.draft_model) or spec.draft_model == TINY_DRAFT:
-        from nwor.tiny import RECIPES, ensure_tiny_models
-
-
-        tiny = ensure_tiny_models(RECIPES[spec.tiny_models])
-        if spec.target_model == TINY_TARGET:
-            paths["target_model"] = tiny.target
-        if spec.draft_model == TINY_DRAFT:
-            paths["draft_model"] = tiny.draft
-    if spec.method == "ngram":
-        paths["draft_model"] = None
-    return paths
-

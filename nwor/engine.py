@@ -14,11 +14,6 @@ from nwor.config import RunSpec
 from nwor.errors import ConfigError, EngineStartFailed
 from nwor.features import FeaturePlan
 
-# The fork logs this line from its EAGLE proposer; nwor's plugin exposes counters instead.
-_EARLY_EXIT_LINE = re.compile(
-    r"Confidence early exit stats: (\d+) tokens stopped out of (\d+) checks \(([\d.]+)%\)")
-
-
 def route_vllm_logs(log_path: str | Path, level: str = "INFO") -> None:
     """Send vLLM's logs (this process and the engine processes it spawns) to `log_path`, not the notebook.
 
@@ -201,39 +196,19 @@ def check_engine_settings(specs) -> None:
                               field="attention_backend", value=name)
 
 
-def effective_speculation(llm, plan: FeaturePlan) -> dict:
-    """The speculative configuration the engine really runs with, read back after start-up."""
+def engine_speculation(llm) -> dict:
+    """The speculative configuration the engine really runs with, read back after start-up.
+
+    What a feature provider changes on top (nwor's plugin) is `FeaturePlan.effective`'s to add.
+    """
     config = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
     spec_config = getattr(config, "speculative_config", None)
-    out = {"method": getattr(spec_config, "method", None),
-           "num_speculative_tokens": getattr(spec_config, "num_speculative_tokens", None),
-           "draft_length_options": getattr(spec_config, "draft_length_options", None),
-           "confidence_threshold": getattr(spec_config, "draft_confidence_threshold", None),
-           "dtype": str(getattr(getattr(config, "model_config", None), "dtype", None)),
-           "source": "engine"}
-    if plan.uses_plugin:
-        from nwor import plugin
-
-        stats = plugin.read_stats(llm)
-        cfg = stats.get("config") or {}
-        out.update(draft_length_options=stats.get("draft_length_options") or cfg.get("draft_length_options"),
-                   confidence_threshold=cfg.get("confidence_threshold"),
-                   adaptive_draft_length=cfg.get("adaptive_draft_length"), source=plan.feature_impl)
-    if isinstance(out["draft_length_options"], tuple):
-        out["draft_length_options"] = list(out["draft_length_options"])
-    return out
-
-
-def native_early_exit_from_log(log_path: str | Path) -> dict | None:
-    """The fork's last `Confidence early exit stats` line in the run's vLLM log, or None."""
-    path = Path(log_path)
-    if not path.exists():
-        return None
-    matches = _EARLY_EXIT_LINE.findall(path.read_text(errors="replace"))
-    if not matches:
-        return None
-    stopped, checks, pct = matches[-1]
-    return {"tokens_stopped": int(stopped), "checks": int(checks), "stop_pct": float(pct)}
+    return {"method": getattr(spec_config, "method", None),
+            "num_speculative_tokens": getattr(spec_config, "num_speculative_tokens", None),
+            "draft_length_options": getattr(spec_config, "draft_length_options", None),
+            "confidence_threshold": getattr(spec_config, "draft_confidence_threshold", None),
+            "dtype": str(getattr(getattr(config, "model_config", None), "dtype", None)),
+            "source": "engine"}
 
 
 def release_engine(llm) -> None:

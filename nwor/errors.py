@@ -30,6 +30,14 @@ class FeatureUnavailable(ConfigError):
     """A run asks for an engine feature that the installed vLLM build cannot provide."""
 
 
+def is_refusal(exception_name: str) -> bool:
+    """Whether an exception raised in a notebook kernel, known here only by its class name (papermill's
+    `ename`), refuses the run: a `ConfigError` (bad input, a feature this build lacks) is the request's
+    fault, not the run's. The class hierarchy decides, not a list of names."""
+    cls = globals().get(exception_name)
+    return isinstance(cls, type) and issubclass(cls, ConfigError)
+
+
 class RunFailed(NworError):
     """A run's notebook or script failed; `notebook` says where to look."""
 

@@ -1,46 +1,27 @@
-"""Executing a run's notebook with papermill in a fresh kernel, and the one place output paths are built."""
+"""Executing a run's notebook with papermill in a fresh kernel (its paths come from nwor.paths)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from nwor.config import SPEC_FIELDS, RunSpec
-from nwor.errors import ConfigError, RunFailed
+from nwor.errors import ConfigError, RunFailed, is_refusal
 from nwor.files import use_atomic_notebook_writes
+from nwor.kernel import ipc_kernel_manager_class
+from nwor.paths import OUTPUTS_ENV, PACKAGE_ROOT, RunPaths, outputs_root, run_dir  # noqa: F401  (re-exported)
 from nwor.results import failure, read_result, write_result
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 RUN_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "run_experiment.ipynb"
 SERVE_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "serve_experiment.ipynb"  # runs with serve_max_concurrency set
 REPORT_NOTEBOOK = PACKAGE_ROOT / "notebooks" / "report.ipynb"
-OUTPUTS_ENV = "NWOR_OUTPUTS"
 # Parameters the run notebook takes besides the RunSpec fields.
 PATH_PARAMETERS = ("result_path", "log_path")
 
 
-def outputs_root() -> Path:
-    """`$NWOR_OUTPUTS`, else the project's `outputs/` (the checkout nwor is imported from, known by its
-    pyproject.toml and parameters/), else `outputs/` in the current directory (an installed nwor).
-
-    Not the current directory first: JupyterLab runs a notebook in notebooks/, which must write where
-    `nwor run` does.
-    """
-    if os.environ.get(OUTPUTS_ENV):
-        return Path(os.environ[OUTPUTS_ENV]).resolve()
-    if (PACKAGE_ROOT / "pyproject.toml").is_file() and (PACKAGE_ROOT / "parameters").is_dir():
-        return PACKAGE_ROOT / "outputs"
-    return Path("outputs").resolve()
-
-
-def run_dir(profile: str, grid: str, root: str | Path | None = None) -> Path:
-    """`<root>/<profile>/<grid>`: where a grid's notebooks, JSON, logs and ncu reports live."""
-    return Path(root).resolve() / profile / grid if root else outputs_root() / profile / grid
-
-
 def run_paths(spec: RunSpec, result_path: str = "", log_path: str = "", root=None) -> tuple[str, str]:
     """The result JSON and vLLM log paths of a run; empty arguments get the defaults under run_dir()."""
-    result = Path(result_path) if result_path else run_dir(spec.profile, spec.grid, root) / f"{spec.run_id}.json"
-    log = Path(log_path) if log_path else result.with_name(f"{spec.run_id}.vllm.log")
+    paths = RunPaths.of(spec.profile, spec.grid, spec.run_id, root)
+    result = Path(result_path) if result_path else paths.result
+    log = Path(log_path) if log_path else RunPaths(result.parent, spec.run_id).vllm_log
     return relative_path(result), relative_path(log)
 
 
@@ -54,7 +35,7 @@ def relative_path(path: Path) -> str:
 
 
 def notebook_path(result_path: str | Path) -> Path:
-    return Path(result_path).with_suffix(".ipynb")
+    return RunPaths.from_result(result_path).notebook
 
 
 def check_parameters(notebook: Path, names) -> None:
@@ -97,18 +78,19 @@ def run_notebook(spec: RunSpec, *, root=None, notebook: Path | None = None) -> d
     try:
         # Relative paths: papermill records them in the executed notebook, which gets shared.
         papermill.execute_notebook(relative_path(notebook), relative_path(executed), parameters=parameters,
-                                   kernel_name="python3",
+                                   kernel_name="python3", kernel_manager_class=ipc_kernel_manager_class(),
                                    # An in-process engine is shut down inside measure(); a graceful kernel exit
                                    # then only waits out vLLM's and torch's atexit hooks (~3.5 s a smoke run).
                                    shutdown_kernel="immediate" if spec.engine_in_process else "graceful",
                                    progress_bar=False, log_output=False, cwd=str(Path.cwd()))
     except papermill.PapermillExecutionError as err:
         message = f"{err.ename}: {err.evalue}".strip()
-        status = "refused" if err.ename in ("FeatureUnavailable", "ConfigError") else "failed"
+        status = "refused" if is_refusal(err.ename) else "failed"
+        # exec_count: the failing cell's execution count (papermill's), not its position in the notebook.
         write_result(result_path, failure(spec, RunFailed(message), status=status, notebook=str(executed),
-                                          cell_index=err.exec_count, exception=err.ename))
+                                          exec_count=err.exec_count, exception=err.ename))
         raise RunFailed(f"run {spec.run_id} {status}: {message} (see {executed})", run_id=spec.run_id,
-                        notebook=str(executed), cell=err.exec_count, exception=err.ename) from None
+                        notebook=str(executed), exec_count=err.exec_count, exception=err.ename) from None
     except Exception as err:  # the kernel died or could not start: no PapermillExecutionError to read
         write_result(result_path, failure(spec, err, notebook=str(executed)))
         raise RunFailed(f"run {spec.run_id} failed: {type(err).__name__}: {err} (see {executed})",

@@ -7,7 +7,9 @@ Every switch that applies is set explicitly, on and off, and recorded in the res
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from nwor.config import RunSpec
 from nwor.errors import FeatureUnavailable
@@ -21,6 +23,9 @@ SPEC_CONFIG_FEATURE_FIELDS = ("draft_confidence_threshold", "draft_length_option
                               "enable_draft_length_cudagraph_specialization")
 ADAPTIVE, EARLY_EXIT = "adaptive_draft_length", "confidence_early_exit"
 PLUGIN_LABEL = "nwor-plugin"
+# The fork logs this line from its EAGLE proposer; nwor's plugin exposes counters instead.
+FORK_EARLY_EXIT_LINE = re.compile(
+    r"Confidence early exit stats: (\d+) tokens stopped out of (\d+) checks \(([\d.]+)%\)")
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,45 @@ class FeaturePlan:
     def uses_plugin(self) -> bool:
         return PLUGIN_LABEL in self.impl.values()
 
+    def effective(self, engine: dict, plugin_stats: dict | None) -> dict:
+        """The configuration a run really ran with: the engine's read-back (`engine_speculation`), plus what
+        nwor's plugin reports of its own config when it provides the features (`plugin_stats`: one
+        `plugin.read_stats`, None when not read)."""
+        out = dict(engine)
+        if self.uses_plugin and plugin_stats is not None:
+            cfg = plugin_stats.get("config") or {}
+            out.update(draft_length_options=plugin_stats.get("draft_length_options") or cfg.get("draft_length_options"),
+                       confidence_threshold=cfg.get("confidence_threshold"),
+                       adaptive_draft_length=cfg.get("adaptive_draft_length"), source=self.feature_impl)
+        if isinstance(out.get("draft_length_options"), tuple):
+            out["draft_length_options"] = list(out["draft_length_options"])
+        return out
+
+    def feature_stats(self, plugin_totals: dict | None, log_path) -> tuple[dict, dict]:
+        """Early-exit counters and the chosen draft-length histogram of arm "run"'s measured batches: the
+        plugin's counters, the fork's log line, or why neither."""
+        unavailable = {"status": "unavailable", "tokens_stopped": None, "checks": None, "stop_pct": None}
+        if self.uses_plugin and plugin_totals is not None:
+            early = {"status": "ok", "source": self.feature_impl, "tokens_stopped": plugin_totals["tokens_stopped"],
+                     "checks": plugin_totals["checks"], "stop_pct": plugin_totals["stop_pct"], "reason": None}
+            lengths = {"status": "ok", "steps": plugin_totals["steps"],
+                       "histogram": {str(k): v for k, v in plugin_totals["draft_length_histogram"].items()}}
+            return early, lengths
+        if self.impl[EARLY_EXIT] == "native":
+            parsed = native_early_exit_from_log(log_path) if log_path else None
+            if parsed:
+                # The fork's counters are cumulative since engine start (warm-up included): labelled so.
+                return ({"status": "ok", "source": "native-log", "window": "engine lifetime (last instance)",
+                         **parsed, "reason": None},
+                        {"status": "unavailable", "histogram": None,
+                         "reason": "the fork does not expose chosen lengths"})
+            unavailable["reason"] = "the fork logged no early-exit stats line"
+        elif self.impl[EARLY_EXIT] == "off" and self.impl[ADAPTIVE] == "off":
+            unavailable["reason"] = "features off for this run"
+        else:
+            unavailable["reason"] = "no early-exit instrumentation for this implementation"
+        return unavailable, {"status": "unavailable", "histogram": None, "reason": unavailable["reason"]}
+
     def to_dict(self) -> dict:
         return {"impl": dict(self.impl), "feature_impl": self.feature_impl, "switches": dict(self.env),
                 "speculative_config": dict(self.speculative_config), "engine_kwargs": dict(self.engine_kwargs)}
@@ -186,3 +230,15 @@ def plan_features(spec: RunSpec, cap: Capability, *, stats_path: str | None = No
             stats_path=stats_path,
         ).to_json()
     return FeaturePlan(impl=impl, env=env, speculative_config=speculative_config, engine_kwargs=engine_kwargs)
+
+
+def native_early_exit_from_log(log_path: str | Path) -> dict | None:
+    """The fork's last `Confidence early exit stats` line in the run's vLLM log, or None."""
+    path = Path(log_path)
+    if not path.exists():
+        return None
+    matches = FORK_EARLY_EXIT_LINE.findall(path.read_text(errors="replace"))
+    if not matches:
+        return None
+    stopped, checks, pct = matches[-1]
+    return {"tokens_stopped": int(stopped), "checks": int(checks), "stop_pct": float(pct)}

@@ -12,6 +12,7 @@ import pandas as pd
 from nwor import stats
 from nwor.analysis import Frames, first_present
 from nwor.arms import UNCALIBRATED, Samples, aa_band, verdict
+from nwor.ncu_metrics import DRAM_WRITE
 from nwor.stats import Estimate
 
 MAX_LATENCY_OVERHEAD_PCT = 2.0  # an early exit that may cost more latency than this is not worth its bandwidth
@@ -108,7 +109,7 @@ def key_numbers(frames: Frames, aa: pd.DataFrame, adaptive: pd.DataFrame, early_
         add(f"{key}.dram_write_reduction_pct", f"{what}: dram_write_reduction_pct",
             Estimate(getattr(r, "dram_write_reduction_pct", math.nan)),
             f"no verdict: {first_present(r.pair_reason, r.dram_reason, 'ncu gives one region total per run')}",
-            f"{r.baseline_run_id} vs {r.run_id}; dram__bytes_write.sum from ncu")
+            f"{r.baseline_run_id} vs {r.run_id}; {DRAM_WRITE} from ncu")
         add(f"{key}.stop_pct", f"{what}: tokens stopped %", Estimate(r.stop_pct),
             f"no verdict: {first_present(r.reason, r.early_exit_reason, 'one counter per run')}",
             "early_exit.stop_pct from the early-exit instrumentation")

@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 
 from nwor import bench, provenance
 from nwor import metrics as m
-from nwor.config import RunSpec, resolve_models
+from nwor.config import RunSpec
+from nwor.models import resolve_models
 from nwor.design import (RUN_ARM, Arm, arms_of, balanced_rounds, design_name, design_seed, group_arms,
                          instance_order, plugin_config)
-from nwor.engine import effective_speculation, release_engine, start_engine
+from nwor.engine import engine_speculation, release_engine, start_engine
 from nwor.errors import FeatureUnavailable
 from nwor.features import Capability, FeaturePlan, plan_features
 from nwor.prompts import prompts_for
@@ -163,11 +164,12 @@ def run_instances(spec: RunSpec, design: Design, *, profile_region: bool = False
 
 def _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_region, on_batch) -> dict:
     configure = _configurer(llm, setup.plugin_loaded)
-    effective = None
+    engine_conf = None
     if RUN_ARM in inst["arms"]:
         if configure:
             configure(design.arms[RUN_ARM].spec)
-        effective = effective_speculation(llm, design.plans[RUN_ARM])
+        engine_conf = engine_speculation(llm)
+    run_stats = None  # the plugin's stats after arm "run"'s last batch: its effective config comes from them
     warmup = bench._warm_up(llm, spec, inst["arms"], {n: (design.arms[n].spec, prompts[n]) for n in inst["arms"]},
                             configure)
     raw = {n: {} for n in inst["arms"]}
@@ -187,7 +189,9 @@ def _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_r
             if setup.plugin_loaded:
                 from nwor import plugin
 
-                plugin_totals[name] = m.add_plugin_stats(plugin_totals[name], plugin.read_stats(llm))
+                stats = plugin.read_stats(llm)  # once per batch: counters and the arm's config together
+                plugin_totals[name] = m.add_plugin_stats(plugin_totals[name], stats)
+                run_stats = stats if name == RUN_ARM else run_stats
             counts[name] = batch + 1
             rows.append({"arm": name, "position": len(rows), "round": r, "prompt_batch": spec.warmup_batches + r,
                          "latency_s": row["latency_s"], "num_output_tokens": row["num_output_tokens"],
@@ -201,6 +205,7 @@ def _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_r
     if profile_region:
         llm.stop_profile()
     counters = {n: {**m.spec_decode_metrics(raw[n]), "plugin": plugin_totals[n]} for n in inst["arms"]}
+    effective = None if engine_conf is None else design.plans[RUN_ARM].effective(engine_conf, run_stats)
     return {"instance": inst["instance"], "group": inst["group"], "arms": inst["arms"],
             "plugin_loaded": setup.plugin_loaded, "warmup": warmup, "batches": rows, "counters": counters,
             "_raw": raw, "_plugin": plugin_totals, "_results": results, "_requests": requests,

@@ -8,10 +8,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nwor import profile
+from nwor import ncu_read, profile
 from nwor.config import RunSpec
 from nwor.errors import NcuNotAvailable, ProfilerError
+from nwor.files import atomic_write_text
 from nwor.ncu_metrics import DRAM_PCT, DRAM_WRITE, GPU_TIME, KV_WRITE_METRICS, LTS_WRITE_SECTORS, SECTOR_BYTES, with_required
+from nwor.paths import NcuPaths, RunPaths
 from nwor.plugin import nvtx
 from nwor.results import read_result, seed_summary
 
@@ -27,24 +29,14 @@ KV_KERNEL_FILTER = "regex:reshape_and_cache"
 KV_BATCHES = 1
 
 
-def side_paths(result_path: str | Path, tag: str = "ncu") -> dict:
-    """Files of an ncu pass next to the run's JSON: report, ncu log, the pass's own result and vLLM log.
-
-    `tag` "ncu" is the window pass (`RUN.ncu-rep`, `RUN.ncu.log`, `RUN.ncu-pass.json`, ...); "ncu-kv" the
-    KV-write sub-pass (`RUN.ncu-kv.ncu-rep`, `RUN.ncu-kv.log`, `RUN.ncu-kv-pass.json`, ...).
-    """
-    result_path = Path(result_path)
-    stem = result_path.name.removesuffix(".json")  # not with_suffix: run ids hold dots (temp0.0)
-    folder = result_path.parent
-    report = f"{stem}.ncu-rep" if tag == "ncu" else f"{stem}.{tag}.ncu-rep"
-    return {"report": folder / report, "log": folder / f"{stem}.{tag}.log",
-            "pass_result": folder / f"{stem}.{tag}-pass.json",
-            "vllm_log": folder / f"{stem}.{tag}-pass.vllm.log"}
+def side_paths(result_path: str | Path, tag: str = "ncu") -> NcuPaths:
+    """Files of an ncu pass next to the run's JSON (`nwor.paths.RunPaths.ncu`)."""
+    return RunPaths.from_result(result_path).ncu(tag)
 
 
-def workload_argv(spec: RunSpec, spec_path: Path, paths: dict) -> list[str]:
-    return [sys.executable, "-m", "nwor.bench", "--spec", str(spec_path), "--out", str(paths["pass_result"]),
-            "--log", str(paths["vllm_log"]), "--profile-region"]
+def workload_argv(spec: RunSpec, spec_path: Path, paths: NcuPaths) -> list[str]:
+    return [sys.executable, "-m", "nwor.bench", "--spec", str(spec_path), "--out", str(paths.pass_result),
+            "--log", str(paths.vllm_log), "--profile-region"]
 
 
 def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
@@ -73,26 +65,27 @@ def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
     return record
 
 
-def _pass(spec: RunSpec, paths: dict, ncu: tuple[str, str], **options) -> dict:
-    paths["report"].parent.mkdir(parents=True, exist_ok=True)
+def _pass(spec: RunSpec, paths: NcuPaths, ncu: tuple[str, str], **options) -> dict:
+    paths.report.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         # The profiled pass is one engine, one arm: ncu measures the run itself, not its comparison design.
         json.dump({**spec.to_dict(), "arms": [], "engine_instances": 1}, fh)
         spec_path = Path(fh.name)
     try:
         record = profile.profile_workload(
-            workload_argv(spec, spec_path, paths), report_path=paths["report"], log_path=paths["log"],
+            workload_argv(spec, spec_path, paths), report_path=paths.report, log_path=paths.log,
             timeout_s=spec.ncu_timeout_s, cache_control=CACHE_CONTROL, clock_control=CLOCK_CONTROL, ncu=ncu,
             **options)
     except ProfilerError as err:
         failed = profile.unavailable_record(str(err))
-        failed.update(status="failed", log_path=str(paths["log"]), tail=err.context.get("tail"))
+        failed.update(status="failed", log_path=str(paths.log), tail=err.context.get("tail"))
         return failed
     finally:
         spec_path.unlink(missing_ok=True)
-    if paths["pass_result"].exists():
-        profiled = read_result(paths["pass_result"])
-        record["profiled_pass"] = {"result_path": str(paths["pass_result"]),
+    record["summary_path"], record["summary_error"] = write_summary(paths)
+    if paths.pass_result.exists():
+        profiled = read_result(paths.pass_result)
+        record["profiled_pass"] = {"result_path": str(paths.pass_result),
                                    "mean_latency_s": profiled["metrics"]["mean_latency_s"],
                                    "num_draft_tokens": profiled["metrics"]["num_draft_tokens"],
                                    "measured_batches": spec.measured_batches,
@@ -100,6 +93,20 @@ def _pass(spec: RunSpec, paths: dict, ncu: tuple[str, str], **options) -> dict:
                                    "tokens_stopped": (profiled.get("early_exit") or {}).get("tokens_stopped"),
                                    "checks": (profiled.get("early_exit") or {}).get("checks")}
     return record
+
+
+def write_summary(paths: NcuPaths) -> tuple[str | None, str | None]:
+    """`nwor ncu summarize` of the pass's report, kept beside it (readable without ncu_report).
+
+    Returns:
+        (summary path, None), or (None, why not) when the report cannot be summarized.
+    """
+    try:
+        text = ncu_read.summarize(paths.report)
+    except ProfilerError as err:
+        return None, str(err)
+    atomic_write_text(paths.summary, text + "\n")
+    return str(paths.summary), None
 
 
 # Keys of the `kv_cache_writes` block (docs/ncu.md), so every status has the same shape.

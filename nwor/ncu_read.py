@@ -14,6 +14,7 @@ import pandas as pd
 
 from nwor.errors import ProfilerError
 from nwor.ncu_metrics import DRAM_READ, DRAM_WRITE, GPU_TIME, NCU_METRICS
+from nwor.ncu_units import to_base_unit
 
 logger = logging.getLogger(__name__)
 
@@ -24,14 +25,6 @@ TIME_METRIC = GPU_TIME
 # device and the launch, not the measured work, so "all metrics" leaves them out.
 ALWAYS_ADDED_PREFIXES = ("device__attribute_", "launch__", "c2clink__", "nvlink__", "numa__", "profiler__",
                          "sm__maximum_warps", "smsp__maximum_warps")
-# ncu scales units with SI prefixes (Kbyte = 1000 byte): the fixtures' details export says
-# "8.41 Mbyte" where the base-unit export says 8,410,624 byte (a binary MiB would read 8.02).
-_SI = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
-_SCALED_BASES = ("byte", "cycle", "inst", "sector", "request", "warp", "thread", "block")
-# Older ncu versions spell times "nsecond"/"usecond"/"msecond"; newer ones "ns"/"us"/"ms".
-_TIME_NS = {"ns": 1.0, "nsecond": 1.0, "us": 1e3, "usecond": 1e3, "ms": 1e6, "msecond": 1e6,
-            "s": 1e9, "second": 1e9}
-_UNIT_RE = re.compile(r"^(?P<prefix>[KMGTP]?)(?P<base>" + "|".join(_SCALED_BASES) + r")(?P<rate>/s(econd)?)?$")
 # Raw-page NVTX cell: '692  "<default domain>:measure:none:none:none:none:none:none" '
 # (pid, then one quoted domain:range:payload-type:payload:color-type:color:msg-type:msg per range).
 _NVTX_CELL_RE = re.compile(r'"([^"]*)"')
@@ -40,21 +33,6 @@ _NVTX_COLUMN = "thread Domain:Push/Pop_Range:PL_Type:PL_Value:CLR_Type:Color:Msg
 _ID_COLUMNS = {"ID", "Process ID", "Process Name", "Host Name", "Kernel Name", "Context", "Stream",
                "Block Size", "Grid Size", "Device", "CC", _NVTX_COLUMN,
                "Id:Domain:Start/Stop_Range:PL_Type:PL_Value:CLR_Type:Color:Msg_Type:Msg"}
-
-
-def to_base_unit(value: float, unit: str) -> tuple[float, str]:
-    """Convert a value in ncu's auto-scaled unit (``Mbyte``, ``us``, ``Gbyte/second``) to its base unit.
-
-    Returns:
-        ``(value, base_unit)``; units without a known scale (``%``) come back unchanged.
-    """
-    if unit in _TIME_NS:
-        return value * _TIME_NS[unit], "ns"
-    match = _UNIT_RE.match(unit)
-    if match:
-        base = match["base"] + ("/second" if match["rate"] else "")
-        return value * _SI[match["prefix"]], base
-    return value, unit
 
 
 def _measured(names: Iterable[str]) -> list[str]:

@@ -12,7 +12,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import nwor
+from nwor._version import __version__
+
 
 # Variables that change what the engine does; recorded verbatim in every result.
 RECORDED_ENV_PREFIXES = ("VLLM_", "NWOR_", "CUDA_", "HF_", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS")
@@ -56,7 +57,7 @@ def _run(argv: list[str]) -> str | None:
 
 def git_state() -> dict:
     """Commit and dirty flag of the nwor checkout, or nulls for an installed copy."""
-    root = Path(nwor.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return {"git_sha": None, "git_dirty": None}
     sha = _run(["git", "-C", str(root), "rev-parse", "HEAD"])
@@ -120,7 +121,7 @@ def lock_state(root: Path | None = None) -> dict:
 
     from packaging.utils import canonicalize_name
 
-    path = (root or Path(nwor.__file__).resolve().parent.parent) / LOCK_FILE
+    path = (root or Path(__file__).resolve().parent.parent) / LOCK_FILE
     if not path.is_file():
         return {"lock_file": None, "lock_sha256": None, "lock_matches": None, "lock_mismatches": None}
     data = path.read_bytes()
@@ -183,7 +184,7 @@ def vllm_source(distribution=None) -> dict:
 
 def collect() -> dict:
     """Everything a reviewer needs to reproduce the software side of a run."""
-    info = {"nwor_version": nwor.__version__, **git_state(), "python": sys.version.split()[0],
+    info = {"nwor_version": __version__, **git_state(), "python": sys.version.split()[0],
             "platform": platform.platform(), "cpu_count": os.cpu_count()}
     try:
         import torch

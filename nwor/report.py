@@ -10,11 +10,10 @@ import shutil
 from pathlib import Path
 
 from nwor.errors import ConfigError, RunFailed
-from nwor.execute import REPORT_NOTEBOOK, check_parameters, outputs_root, relative_path
+from nwor.execute import REPORT_NOTEBOOK, check_parameters, relative_path
 from nwor.grid import load_profile
-
-REPORT_FOLDER = "report"
-STAGING_FOLDER = ".report-rendering"  # beside report/, so that the final rename stays on one filesystem
+from nwor.kernel import ipc_kernel_manager_class
+from nwor.paths import STAGING_FOLDER, ReportPaths, profile_dir  # noqa: F401  (STAGING_FOLDER: read by tests)
 
 
 def check_profile(profile: str, root: str | Path | None = None) -> Path:
@@ -25,8 +24,8 @@ def check_profile(profile: str, root: str | Path | None = None) -> Path:
     Raises:
         ConfigError: unknown profile, or one without result JSONs yet (one line each).
     """
-    base = Path(root).resolve() if root else outputs_root()
-    folder = base / profile
+    folder = profile_dir(profile, root)
+    base = folder.parent
     if not folder.is_dir():
         load_profile(profile)  # raises ConfigError "unknown profile ..." for a name profiles.yaml lacks
         raise ConfigError(f"no outputs for profile {profile!r} under {base}; run `nwor run --profile {profile}` "
@@ -47,21 +46,21 @@ def render_report(profile: str, root: str | Path | None = None) -> Path:
     import papermill
     from nbconvert import HTMLExporter
 
-    profile_dir = check_profile(profile, root)
-    folder = profile_dir / REPORT_FOLDER
+    paths = ReportPaths(check_profile(profile, root))
+    folder, staging = paths.folder, paths.staging
     check_parameters(REPORT_NOTEBOOK, ("profile", "outputs_root", "report_folder"))
-    staging = profile_dir / STAGING_FOLDER
     for stale in (staging, folder):  # a killed render's staging; the old report, which this one replaces
         if stale.exists():
             shutil.rmtree(stale)  # whatever stops this render (an error, Ctrl-C) leaves no old report behind
     staging.mkdir()
     try:
-        executed = staging / "report.ipynb"
+        executed = paths.executed
         try:
-            parameters = {"profile": profile, "outputs_root": relative_path(profile_dir.parent),
+            parameters = {"profile": profile, "outputs_root": relative_path(paths.profile_dir.parent),
                           "report_folder": relative_path(staging)}
             papermill.execute_notebook(relative_path(REPORT_NOTEBOOK), relative_path(executed),
-                                       kernel_name="python3", progress_bar=False, parameters=parameters)
+                                       kernel_name="python3", kernel_manager_class=ipc_kernel_manager_class(),
+                                       progress_bar=False, parameters=parameters)
         except papermill.PapermillExecutionError as err:
             for stale in staging.iterdir():  # figures of a failed render are incomplete
                 if stale != executed:
@@ -70,9 +69,9 @@ def render_report(profile: str, root: str | Path | None = None) -> Path:
             raise RunFailed(f"report for {profile} failed: {err.ename}: {err.evalue} (see "
                             f"{relative_path(folder / executed.name)})", notebook=str(folder / executed.name)) from None
         body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
-        (staging / "report.html").write_text(body)
+        (staging / paths.html.name).write_text(body)
         staging.rename(folder)  # one rename: the report appears whole or not at all
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return folder / "report.html"
+    return paths.html

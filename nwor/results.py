@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-import nwor
+from nwor._version import __version__
 from nwor.errors import SchemaError
 
 SCHEMA_VERSION = 2  # 2: design, replicates, warm-up rule; top-level fields describe arm "run"
@@ -60,7 +60,7 @@ def read_result(path: str | Path) -> dict:
 
 def envelope(spec, status: str, **fields) -> dict:
     """The fields every result has, successful or not."""
-    return {"schema_version": SCHEMA_VERSION, "nwor_version": nwor.__version__, "run_id": spec.run_id,
+    return {"schema_version": SCHEMA_VERSION, "nwor_version": __version__, "run_id": spec.run_id,
             "grid": spec.grid, "profile": spec.profile, "status": status, "error": None,
             "params_hash": spec.params_hash(), "config": spec.to_dict(), "spec": spec.to_dict(),
             "workload": {"number": spec.workload_number, "name": spec.workload_name}, **fields}

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from nwor import metrics as m
 from nwor import provenance
-from nwor.config import RunSpec, resolve_models
+from nwor.config import RunSpec
 from nwor.design import RUN_ARM, WarmupRule
 from nwor.errors import ConfigError
 from nwor.features import detect_capability
 from nwor.instances import plan_design
 from nwor.load import concurrency_levels, requests_at, sweep
+from nwor.models import resolve_models
 from nwor.prompts import prompts_for
 from nwor.results import envelope, seed_summary
 from nwor.serve import start_server, stop_server

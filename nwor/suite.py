@@ -12,11 +12,9 @@ from pathlib import Path
 
 from nwor.config import RunSpec, hash_params
 from nwor.errors import FeatureUnavailable, LockHeld, NworError, OutputsUnwritable, RunFailed, SchemaError
-from nwor.execute import notebook_path, outputs_root, run_dir, run_notebook, run_paths
+from nwor.execute import run_notebook, run_paths
+from nwor.paths import MASTER_LOG, RunPaths, profile_dir, run_dir
 from nwor.results import STATUSES, failure, read_result, write_result
-
-MASTER_LOG = "master_experiment.log"
-GRID_LOG = "experiment.log"
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ def run_state(spec: RunSpec, root=None) -> RunState:
     except SchemaError as err:  # unreadable: corrupt; another schema version: stale (made by another nwor)
         return RunState(spec, "corrupt" if err.context.get("problem") == "unreadable" else "stale", str(err),
                         None, result_path)
-    duration = _duration(notebook_path(path))
+    duration = _duration(RunPaths.from_result(path).notebook)
     if doc.get("status") not in STATUSES or not isinstance(doc.get("spec"), dict):
         return RunState(spec, "corrupt", f"{result_path}: no valid status or spec", duration, result_path)
     if hash_params(doc["spec"]) != spec.params_hash():
@@ -120,7 +118,7 @@ class SuiteLog:
         self.profile_dir, self.root = profile_dir, root
 
     def write(self, spec: RunSpec, event: str, detail: str = "") -> None:
-        self._append(spec.grid, spec.run_id, event, detail, run_dir(spec.profile, spec.grid, self.root) / GRID_LOG)
+        self._append(spec.grid, spec.run_id, event, detail, RunPaths.of(spec.profile, spec.grid, spec.run_id, self.root).grid_log)
 
     def _append(self, grid: str, run_id: str, event: str, detail: str, grid_log: Path) -> None:
         detail = re.sub(r"\s*\n\s*", " | ", detail.strip())  # one line per event, whatever the message
@@ -146,7 +144,7 @@ class SuiteLog:
         for key in open_runs:
             grid, run_id = key.split("/", 1)
             self._append(grid, run_id, "ABANDONED", "its runner stopped before the run ended (killed?)",
-                         self.profile_dir / grid / GRID_LOG)
+                         RunPaths(self.profile_dir / grid, run_id).grid_log)
 
 
 def _log_early_exit(log: SuiteLog, spec: RunSpec, result_path) -> None:
@@ -201,22 +199,26 @@ def _stopped(err: OSError, spec: RunSpec, root, left: int) -> OutputsUnwritable:
                              f"same command to resume)", run_id=spec.run_id, path=err.filename)
 
 
-def run_suite(specs: list[RunSpec], *, root=None, force: bool = False, progress=None) -> list[RunState]:
+def run_suite(specs: list[RunSpec], *, root=None, force: bool = False, progress=None,
+              states: list[RunState] | None = None) -> list[RunState]:
     """Execute every run that is not done (or all, with force), each in a fresh kernel; never stop on failure.
 
-    `progress(event, state, index, total)` is called around each run for the CLI's display.
+    `progress(event, state, index, total)` is called around each run for the CLI's display. `states`: the
+    runs' states as the caller just read them (`nwor run` shows them first), so each is read once; None
+    reads them here.
 
     Raises:
         LockHeld: another live runner holds the profile's outputs folder.
         OutputsUnwritable: the outputs folder stopped taking writes (full, read-only); the suite stops.
     """
     profiles = {s.profile for s in specs}
-    profile_dir = (Path(root).resolve() if root else outputs_root()) / (profiles.pop() if len(profiles) == 1 else "")
-    log = SuiteLog(profile_dir, root)
+    folder = profile_dir(profiles.pop() if len(profiles) == 1 else "", root)
+    log = SuiteLog(folder, root)
     finished: list[RunState] = []
-    with SuiteLock(profile_dir):
+    with SuiteLock(folder):
         log.close_abandoned()
-        states = [run_state(s, root) for s in specs]
+        if states is None:
+            states = [run_state(s, root) for s in specs]
         todo = [st for st in states if force or st.status != "done"]
         for st in states:
             if st not in todo:

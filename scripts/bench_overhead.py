@@ -37,7 +37,7 @@ def _spec(profile: str, run_id: str, overrides: list[str]):
 
 def p1(spec, repeats: int) -> dict:
     from nwor import bench
-    from nwor.config import resolve_models
+    from nwor.models import resolve_models
     from nwor.engine import release_engine, start_engine
     from nwor.features import detect_capability, plan_features
     from nwor.prompts import batch_prompts, prompts_for

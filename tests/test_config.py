@@ -129,7 +129,7 @@ _CHANGED = {
     "attention_backend": "FLASH_ATTN",
     "prompt_set": "builtin:code", "prompt_shuffle_seed": 1, "prompt_min_chars": 2, "prompt_max_chars": 700,
     "adaptive_draft_length": True, "draft_length_options": (2, 4), "confidence_threshold": 0.5,
-    "feature_impl": "plugin", "ncu": True, "ncu_metrics": ("a.sum",), "ncu_mode": "instead",
+    "feature_impl": "plugin", "ncu": True, "ncu_metrics": ("a.sum",),
     "ncu_replay_mode": "kernel", "ncu_timeout_s": 10.0, "seed": 1, "tiny_models": "gpu",
     "warmup_max_batches": 9, "warmup_window": 4, "warmup_tolerance": 0.05, "engine_instances": 3,
     "arms": ({"name": "baseline", "adaptive_draft_length": True},), "arm_design": "engines",
@@ -138,8 +138,17 @@ _CHANGED = {
 }
 
 
+# Fields with one allowed value cannot change (ncu_mode: only "after" is implemented).
+_SINGLE_VALUED = {"ncu_mode"}
+
+
 def test_change_table_covers_every_field():
-    assert set(_CHANGED) == set(SPEC_FIELDS)
+    assert set(_CHANGED) | _SINGLE_VALUED == set(SPEC_FIELDS)
+
+
+def test_ncu_mode_instead_is_refused_with_a_reason():
+    with pytest.raises(ConfigError, match="profiling instead is not implemented"):
+        RunSpec(ncu_mode="instead")
 
 
 @pytest.mark.parametrize("field", sorted(_CHANGED))

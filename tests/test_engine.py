@@ -55,3 +55,31 @@ def test_cpu_capacity_follows_vllm_cpus_thread_binding(monkeypatch):
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     assert engine.parallel_capacity()[0] is None
     engine.check_engine_settings([RunSpec(tensor_parallel_size=64)])  # no limit nwor can tell
+
+
+def test_engine_speculation_reads_the_engines_own_config():
+    from types import SimpleNamespace
+
+    spec_config = SimpleNamespace(method="eagle", num_speculative_tokens=4, draft_length_options=None,
+                                  draft_confidence_threshold=0.0)
+    llm = SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(
+        speculative_config=spec_config, model_config=SimpleNamespace(dtype="torch.bfloat16"))))
+    assert engine.engine_speculation(llm) == {"method": "eagle", "num_speculative_tokens": 4,
+                                              "draft_length_options": None, "confidence_threshold": 0.0,
+                                              "dtype": "torch.bfloat16", "source": "engine"}
+    assert engine.engine_speculation(SimpleNamespace())["method"] is None  # no engine: nulls, not a crash
+
+
+def test_engine_kwargs_carry_the_spec_and_the_plans_extras():
+    from nwor.features import FeaturePlan
+
+    plan = FeaturePlan(impl={}, speculative_config={"draft_confidence_threshold": 0.0},
+                       engine_kwargs={"async_scheduling": False})
+    spec = RunSpec(method="eagle", num_speculative_tokens=3, attention_backend="FLASH_ATTN")
+    kwargs = engine.engine_kwargs(spec, {"target_model": "t", "draft_model": "d"}, plan, profile_region=True)
+    assert kwargs["speculative_config"] == {"method": "eagle", "model": "d", "num_speculative_tokens": 3,
+                                            "draft_confidence_threshold": 0.0}
+    assert kwargs["async_scheduling"] is False and kwargs["enable_prefix_caching"] is False
+    assert kwargs["attention_config"] == {"backend": "FLASH_ATTN"} and kwargs["profiler_config"]["profiler"] == "cuda"
+    ngram = engine.engine_kwargs(RunSpec(method="ngram"), {"target_model": "t"}, FeaturePlan(impl={}))
+    assert ngram["speculative_config"]["method"] == "ngram" and "profiler_config" not in ngram

@@ -234,3 +234,50 @@ def test_no_engine_fix_elsewhere(version, platform):
 def test_capability_build_string():
     cap = Capability("0.24.0", "cuda", "nwor-fork")
     assert cap.build == "vLLM 0.24.0 (nwor-fork, cuda)"
+
+
+# --- the plan carries each provider's behaviour: effective config and feature counters ---
+
+ENGINE_CONF = {"method": "eagle", "num_speculative_tokens": 10, "draft_length_options": (5, 10),
+               "confidence_threshold": None, "dtype": "torch.float32", "source": "engine"}
+PLUGIN_STATS = {"tokens_stopped": 3, "checks": 12, "stop_pct": 25.0, "steps": 4, "draft_length_histogram": {5: 4},
+                "draft_length_options": [5, 10],
+                "config": {"confidence_threshold": 0.5, "adaptive_draft_length": True}}
+
+
+def test_effective_config_of_a_plugin_run_is_the_plugins():
+    plan = plan_features(BOTH, _cap("stock", "0.32.0"))
+    out = plan.effective(ENGINE_CONF, PLUGIN_STATS)
+    assert out == {**ENGINE_CONF, "draft_length_options": [5, 10], "confidence_threshold": 0.5,
+                   "adaptive_draft_length": True, "source": "nwor-plugin"}
+
+
+def test_effective_config_of_a_native_or_off_run_is_the_engines():
+    for plan in (plan_features(EARLY_EXIT, _cap("nwor-fork")), plan_features(OFF, _cap("stock", "0.32.0"))):
+        assert plan.effective(ENGINE_CONF, PLUGIN_STATS) == {**ENGINE_CONF, "draft_length_options": [5, 10]}
+
+
+def test_feature_stats_from_the_plugins_counters():
+    early, lengths = plan_features(EARLY_EXIT, _cap("stock", "0.32.0")).feature_stats(PLUGIN_STATS, None)
+    assert early == {"status": "ok", "source": "nwor-plugin", "tokens_stopped": 3, "checks": 12, "stop_pct": 25.0,
+                     "reason": None}
+    assert lengths == {"status": "ok", "steps": 4, "histogram": {"5": 4}}
+
+
+def test_feature_stats_of_the_fork_come_from_its_log_line(tmp_path):
+    from nwor.features import native_early_exit_from_log
+
+    log = tmp_path / "run.vllm.log"
+    log.write_text("INFO Confidence early exit stats: 1 tokens stopped out of 9 checks (11.1%)\n"
+                   "INFO Confidence early exit stats: 7 tokens stopped out of 70 checks (10.0%)\n")
+    assert native_early_exit_from_log(log) == {"tokens_stopped": 7, "checks": 70, "stop_pct": 10.0}  # the last
+    early, lengths = plan_features(EARLY_EXIT, _cap("nwor-fork")).feature_stats(None, log)
+    assert early["source"] == "native-log" and early["tokens_stopped"] == 7 and lengths["histogram"] is None
+    early, _ = plan_features(EARLY_EXIT, _cap("nwor-fork")).feature_stats(None, tmp_path / "none.log")
+    assert early["status"] == "unavailable" and early["reason"] == "the fork logged no early-exit stats line"
+
+
+def test_feature_stats_of_an_off_run_say_why_they_are_null():
+    early, lengths = plan_features(OFF, _cap("stock", "0.32.0")).feature_stats(None, None)
+    assert early["tokens_stopped"] is None and early["reason"] == "features off for this run"
+    assert lengths == {"status": "unavailable", "histogram": None, "reason": "features off for this run"}

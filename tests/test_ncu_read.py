@@ -1,4 +1,4 @@
-"""Tests for nwor.ncu_read on real H100 ncu output (../shared/fixtures/ncu, see its README)."""
+"""Tests for nwor.ncu_read on real H100 ncu output (tests/fixtures/ncu, see its README)."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,8 +10,6 @@ import pytest
 from nwor import ncu_read
 from nwor.errors import ProfilerError
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "ncu"
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"ncu fixtures not found at {FIXTURES}")
 needs_ncu_report = pytest.mark.skipif(importlib.util.find_spec("ncu_report") is None,
                                       reason="ncu_report not installed (pip install ncu-report)")
 READ, WRITE, TIME = "dram__bytes_read.sum", "dram__bytes_write.sum", "gpu__time_duration.sum"
@@ -27,10 +25,9 @@ def _values(df, metric):
     return dict(zip(rows["ID"], rows["Value"]))
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name", RAW_FILES)
-def test_raw_csv_has_five_kernels_and_copy_bytes(name):
-    df = ncu_read.read_csv_export(FIXTURES / name)
+def test_raw_csv_has_five_kernels_and_copy_bytes(name, ncu_fixtures):
+    df = ncu_read.read_csv_export(ncu_fixtures / name)
     assert ncu_read.count_results(df) == 5
     reads, writes = _values(df, READ), _values(df, WRITE)
     for kernel_id, expected in COPY_READ.items():
@@ -39,9 +36,8 @@ def test_raw_csv_has_five_kernels_and_copy_bytes(name):
     assert set(df.loc[df["ID"] == 3, "Unit"]) >= {"byte", "ns", "%"}
 
 
-@needs_fixtures
-def test_raw_csv_parses_thousands_separators_exactly():
-    df = ncu_read.read_csv_export(FIXTURES / "h100_profiler_range_raw.csv")
+def test_raw_csv_parses_thousands_separators_exactly(ncu_fixtures):
+    df = ncu_read.read_csv_export(ncu_fixtures / "h100_profiler_range_raw.csv")
     assert _values(df, READ)[2] == 1_160_820_992
     assert _values(df, TIME)[2] == 1_412_160
     assert _values(df, PCT)[2] == pytest.approx(27.23, abs=1e-9)
@@ -49,18 +45,16 @@ def test_raw_csv_parses_thousands_separators_exactly():
     assert "Range" not in df.columns
 
 
-@needs_fixtures
-def test_nvtx_csv_carries_range_name():
-    df = ncu_read.read_csv_export(FIXTURES / "h100_nvtx_raw.csv")
+def test_nvtx_csv_carries_range_name(ncu_fixtures):
+    df = ncu_read.read_csv_export(ncu_fixtures / "h100_nvtx_raw.csv")
     assert list(df.columns) == ncu_read.COLUMNS + ["Range"]
     assert set(df["Range"]) == {"measure"}
 
 
-@needs_fixtures
-def test_details_auto_units_match_base_units():
-    auto = ncu_read.read_csv_export(FIXTURES / "h100_profiler_range_details.csv")
-    base = ncu_read.read_csv_export(FIXTURES / "h100_profiler_range_details_base_units.csv")
-    raw = ncu_read.read_csv_export(FIXTURES / "h100_profiler_range_raw.csv", metrics=ncu_read.DEFAULT_METRICS)
+def test_details_auto_units_match_base_units(ncu_fixtures):
+    auto = ncu_read.read_csv_export(ncu_fixtures / "h100_profiler_range_details.csv")
+    base = ncu_read.read_csv_export(ncu_fixtures / "h100_profiler_range_details_base_units.csv")
+    raw = ncu_read.read_csv_export(ncu_fixtures / "h100_profiler_range_raw.csv", metrics=ncu_read.DEFAULT_METRICS)
     assert len(auto) == len(base) == 20
     assert set(auto["Unit"]) == set(base["Unit"]) == {"byte", "ns", "%"}
     key = ["ID", "Metric"]
@@ -99,22 +93,20 @@ def test_to_base_unit(value, unit, expected):
     assert got[0] == pytest.approx(expected[0], rel=1e-12)
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name, kernels, read, write, time_ns", [
     ("h100_vllm_eagle_raw.csv", 1020, 115_360_256, 98_816, 4_465_632),
     ("h100_vllm_eagle_cudagraph_raw.csv", 948, 114_692_096, 24_576, 4_165_504),
 ])
-def test_vllm_csv_totals(name, kernels, read, write, time_ns):
-    df = ncu_read.read_csv_export(FIXTURES / name, metrics=[READ, WRITE, TIME])
+def test_vllm_csv_totals(name, kernels, read, write, time_ns, ncu_fixtures):
+    df = ncu_read.read_csv_export(ncu_fixtures / name, metrics=[READ, WRITE, TIME])
     assert ncu_read.count_results(df) == kernels
     assert df["Process"].nunique() == 1  # all kernels from the EngineCore process
     assert ncu_read.totals(df) == {READ: read, WRITE: write, TIME: time_ns}
 
 
-@needs_fixtures
 @needs_ncu_report
-def test_kernel_replay_report():
-    df = ncu_read.read_report(FIXTURES / "h100_probe_kernel_replay.ncu-rep", metrics=[READ, WRITE, TIME])
+def test_kernel_replay_report(ncu_fixtures):
+    df = ncu_read.read_report(ncu_fixtures / "h100_probe_kernel_replay.ncu-rep", metrics=[READ, WRITE, TIME])
     assert ncu_read.count_results(df) == 5
     assert ncu_read.totals(df)[READ] == 1_601_817_344
     assert ncu_read.totals(df)[WRITE] == 378_382_336
@@ -122,26 +114,23 @@ def test_kernel_replay_report():
     assert df.loc[df["ID"] == 3, "Kernel"].iloc[0].startswith("void at::native::vectorized_elementwise_kernel<")
 
 
-@needs_fixtures
 @needs_ncu_report
-def test_app_range_report_is_one_range_action():
-    df = ncu_read.read_report(FIXTURES / "h100_probe_app_range.ncu-rep", metrics=[READ, WRITE, TIME])
+def test_app_range_report_is_one_range_action(ncu_fixtures):
+    df = ncu_read.read_report(ncu_fixtures / "h100_probe_app_range.ncu-rep", metrics=[READ, WRITE, TIME])
     assert ncu_read.count_results(df) == 1
     assert set(df["Kernel"]) == {"range"}
     assert ncu_read.totals(df) == {READ: 1_736_831_232, WRITE: 565_590_784, TIME: 98_316_704}
 
 
-@needs_fixtures
 @needs_ncu_report
-def test_report_missing_metric_is_named():
+def test_report_missing_metric_is_named(ncu_fixtures):
     with pytest.raises(ProfilerError, match=PCT):
-        ncu_read.read_report(FIXTURES / "h100_probe_kernel_replay.ncu-rep", metrics=[READ, PCT])
+        ncu_read.read_report(ncu_fixtures / "h100_probe_kernel_replay.ncu-rep", metrics=[READ, PCT])
 
 
-@needs_fixtures
-def test_csv_missing_metric_is_named():
+def test_csv_missing_metric_is_named(ncu_fixtures):
     with pytest.raises(ProfilerError, match="l2__nope.sum"):
-        ncu_read.read_csv_export(FIXTURES / "h100_profiler_range_raw.csv", metrics=[READ, "l2__nope.sum"])
+        ncu_read.read_csv_export(ncu_fixtures / "h100_profiler_range_raw.csv", metrics=[READ, "l2__nope.sum"])
 
 
 @needs_ncu_report
@@ -169,18 +158,16 @@ def test_csv_export_argv():
         "/opt/ncu", "--import", "/o/r.ncu-rep", "--csv", "--page", "raw", "--print-units", "base"]
 
 
-@needs_fixtures
-def test_percentages_are_time_weighted_not_summed():
-    df = ncu_read.read_csv_export(FIXTURES / "h100_profiler_range_raw.csv", metrics=[PCT, TIME])
+def test_percentages_are_time_weighted_not_summed(ncu_fixtures):
+    df = ncu_read.read_csv_export(ncu_fixtures / "h100_profiler_range_raw.csv", metrics=[PCT, TIME])
     pct = _values(df, PCT)
     assert ncu_read.totals(df)[PCT] < max(pct.values())
     assert ncu_read.totals(df)[PCT] > min(pct.values())
     assert ncu_read.totals(df[df["Metric"] == PCT])[PCT] is None  # no durations: null, not a guess
 
 
-@needs_fixtures
-def test_top_kernels_ranked_by_dram_write():
-    df = ncu_read.read_csv_export(FIXTURES / "h100_profiler_range_raw.csv", metrics=[READ, WRITE])
+def test_top_kernels_ranked_by_dram_write(ncu_fixtures):
+    df = ncu_read.read_csv_export(ncu_fixtures / "h100_profiler_range_raw.csv", metrics=[READ, WRITE])
     top = ncu_read.top_kernels(df, n=2)
     assert [entry["kernel"] for entry in top][0] == "nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_NNT"
     assert top[0][WRITE] == 128_157_696 and top[0]["count"] == 1
@@ -192,22 +179,13 @@ def test_top_kernels_ranked_by_dram_write():
         ncu_read.top_kernels(df, by=TIME)
 
 
-@needs_fixtures
 @needs_ncu_report
-def test_summarize_text():
-    text = ncu_read.summarize(FIXTURES / "h100_vllm_eagle_raw.csv")
+def test_summarize_text(ncu_fixtures):
+    text = ncu_read.summarize(ncu_fixtures / "h100_vllm_eagle_raw.csv")
     assert "results: 1020" in text
     assert "115,360,256 byte" in text and "98,816 byte" in text and "4,465,632 ns" in text
-    report = ncu_read.summarize(FIXTURES / "h100_probe_app_range.ncu-rep")
+    report = ncu_read.summarize(ncu_fixtures / "h100_probe_app_range.ncu-rep")
     assert "results: 1 " in report and "1,736,831,232 byte" in report
-
-
-def test_side_paths_keep_dotted_run_ids():
-    from nwor.ncu_pass import side_paths
-
-    paths = side_paths("outputs/p/early_exit_grid/run3_r36_t128_temp0.0_thresh0.5.json")
-    assert paths["report"].name == "run3_r36_t128_temp0.0_thresh0.5.ncu-rep"
-    assert paths["pass_result"].name == "run3_r36_t128_temp0.0_thresh0.5.ncu-pass.json"
 
 
 def test_one_metric_list_in_the_project():

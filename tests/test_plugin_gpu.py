@@ -92,6 +92,43 @@ def test_checks_flag_adaptive_that_never_shortens():
     assert script.evaluate(results, N)["adaptive_varies"] is False
 
 
+# ---- the script's engines are nwor's: specs, feature plans and arguments (no GPU) -----------------------
+
+def test_each_config_is_a_nwor_run_with_its_feature_plan():
+    from nwor.features import Capability
+    from nwor.plugin import ENV_VAR
+
+    script = _load_script()
+    args = script.parse_args(["--out", "x.json"])
+    cap = Capability(vllm_version="0.24.0", platform="cuda", flavour="stock", plugin_supported=True)
+    plans = {name: script.engine_plan(name, script.spec_for(name, args), cap) for name in script.CONFIGS}
+    assert ENV_VAR not in plans["stock"].env  # stock vLLM: the plugin is not loaded
+    configs = {name: json.loads(plan.env[ENV_VAR]) for name, plan in plans.items() if name != "stock"}
+    assert configs["off"]["adaptive_draft_length"] is False and configs["off"]["confidence_threshold"] == 0.0
+    assert configs["threshold_0.99"]["confidence_threshold"] == 0.99
+    assert configs["adaptive"]["adaptive_draft_length"] is True
+    # Every engine gets the settings the plugin needs on 0.24.0, the plugin loaded or not (nwor.features).
+    assert all(plan.engine_kwargs == plans["stock"].engine_kwargs for plan in plans.values())
+    spec = script.spec_for("adaptive", args)
+    assert (spec.num_speculative_tokens, spec.num_requests, spec.max_new_tokens, spec.dtype) == (N, 8, 32, "float16")
+    assert spec.prompt_set.startswith("builtin:")  # the lent machine has no network
+
+
+def test_script_drives_no_engine_of_its_own():
+    text = SCRIPT.read_text()
+    assert "LLM(" not in text and "mkstemp" not in text and "get_metrics" not in text
+
+
+def test_bad_arguments_are_one_line_before_any_engine(tmp_path, capsys):
+    script = _load_script()
+    with pytest.raises(SystemExit) as info:
+        script.parse_args(["--out", "x.json", "--configs", "stock,bogus"])
+    assert info.value.code == 2 and "unknown configs bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        script.parse_args(["--out", "x.json", "--target", str(tmp_path), "--draft", str(tmp_path)])
+    assert info.value.code == 2 and "config.json" in capsys.readouterr().err
+
+
 # ---- the real engine on the lent GPU --------------------------------------------------------------------
 
 def _gpu_skip_reason() -> str | None:

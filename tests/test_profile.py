@@ -17,8 +17,6 @@ import pytest
 from nwor import profile
 from nwor.errors import ConfigError, NcuNotAvailable, ProfilerError
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "ncu"
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"ncu fixtures not found at {FIXTURES}")
 needs_ncu_report = pytest.mark.skipif(importlib.util.find_spec("ncu_report") is None,
                                       reason="ncu_report not installed (pip install ncu-report)")
 METRICS = ["dram__bytes_write.sum", "dram__bytes_read.sum", "gpu__time_duration.sum"]
@@ -195,10 +193,9 @@ def test_empty_region_with_empty_report(tmp_path, monkeypatch):
         _run(tmp_path, _fake_ncu(tmp_path, f"copy:{src}", csv=empty))
 
 
-@needs_fixtures
 @needs_ncu_report
-def test_app_range_record(tmp_path):
-    ncu = _fake_ncu(tmp_path, f"copy:{FIXTURES / 'h100_probe_app_range.ncu-rep'}")
+def test_app_range_record(tmp_path, ncu_fixtures):
+    ncu = _fake_ncu(tmp_path, f"copy:{ncu_fixtures / 'h100_probe_app_range.ncu-rep'}")
     record = _run(tmp_path, ncu)
     assert record["status"] == "ok" and record["reader"] == "ncu_report"
     assert record["command"] == profile.ncu_argv(WORKLOAD, metrics=METRICS, report_path=tmp_path / "run.ncu-rep",
@@ -211,11 +208,10 @@ def test_app_range_record(tmp_path):
     assert set(record) == set(profile.RECORD_KEYS)
 
 
-@needs_fixtures
-def test_kernel_record_through_csv_fallback(tmp_path, monkeypatch):
+def test_kernel_record_through_csv_fallback(tmp_path, monkeypatch, ncu_fixtures):
     monkeypatch.setitem(sys.modules, "ncu_report", None)
-    ncu = _fake_ncu(tmp_path, f"copy:{FIXTURES / 'h100_probe_kernel_replay.ncu-rep'}",
-                    csv=FIXTURES / "h100_profiler_range_raw.csv")
+    ncu = _fake_ncu(tmp_path, f"copy:{ncu_fixtures / 'h100_probe_kernel_replay.ncu-rep'}",
+                    csv=ncu_fixtures / "h100_profiler_range_raw.csv")
     record = _run(tmp_path, ncu, replay_mode="kernel")
     assert record["reader"] == "csv" and record["num_kernels"] == 5
     assert record["totals"]["dram__bytes_read.sum"] == 1_608_393_472
@@ -306,3 +302,16 @@ def test_kv_summary_without_the_drafter_range_and_when_failed():
     failed = ncu_pass.kv_summary({**profile.unavailable_record("ncu timed out"), "status": "failed", "tail": "t"})
     assert failed["status"] == "failed" and failed["reason"] == "ncu timed out" and failed["tail"] == "t"
     assert ncu_pass.seed_ncu_metrics({"status": "failed", "kv_cache_writes": failed}) is None
+
+
+@needs_ncu_report
+def test_ncu_pass_writes_its_summary_beside_a_dotted_run_id(tmp_path, ncu_fixtures):
+    from nwor import ncu_pass
+
+    paths = ncu_pass.side_paths(tmp_path / "run3_r36_t128_temp0.0_thresh0.5.json")
+    shutil.copy(ncu_fixtures / "h100_probe_app_range.ncu-rep", paths.report)
+    assert ncu_pass.write_summary(paths) == (str(tmp_path / "run3_r36_t128_temp0.0_thresh0.5.ncu-summary.txt"), None)
+    assert "1,736,831,232 byte" in paths.summary.read_text()
+    paths.report.unlink()
+    where, why = ncu_pass.write_summary(paths)  # no report: no summary, and the reason instead
+    assert where is None and why

@@ -59,7 +59,7 @@ def test_lock_state_hashes_the_lock_and_names_mismatches(tmp_path):
 
 
 def test_the_checkouts_lock_pins_torch_and_vllm():
-    text = (provenance.Path(provenance.nwor.__file__).resolve().parents[1] / provenance.LOCK_FILE).read_text()
+    text = (provenance.Path(provenance.__file__).resolve().parents[1] / provenance.LOCK_FILE).read_text()
     assert "\ntorch==" in text and "\nvllm-cpu==" in text
 
 

@@ -107,10 +107,10 @@ def test_write_refuses_missing_schema_version(tmp_path):
 
 def test_failure_record(tmp_path):
     spec = RunSpec(run_id="bad")
-    doc = failure(spec, ConfigError("invalid top_p=2"), notebook="x.ipynb", cell_index=3)
+    doc = failure(spec, ConfigError("invalid top_p=2"), notebook="x.ipynb", exec_count=3)
     assert doc["status"] == "failed"
     assert doc["error"] == {"type": "ConfigError", "message": "invalid top_p=2", "notebook": "x.ipynb"}
-    assert doc["cell_index"] == 3
+    assert doc["exec_count"] == 3
     assert read_result(write_result(tmp_path / "bad.json", doc))["error"]["type"] == "ConfigError"
 
 

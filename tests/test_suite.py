@@ -134,7 +134,8 @@ def test_unreadable_lock_is_cleared(tmp_path):
 
 
 def test_log_keeps_each_event_on_one_line_and_closes_abandoned_starts(tmp_path):
-    from nwor.suite import GRID_LOG, MASTER_LOG, SuiteLog
+    from nwor.paths import GRID_LOG, MASTER_LOG
+    from nwor.suite import SuiteLog
 
     log = SuiteLog(tmp_path / "smoke", tmp_path)
     other = RunSpec(run_id="run2_x", grid="adaptive_grid", profile="smoke")
