@@ -129,13 +129,18 @@ def measure(spec: RunSpec, *, log_path: str | Path | None = None, profile_region
 
 
 def _measure(spec: RunSpec, log_path, profile_region: bool, on_batch) -> dict:
+    from nwor.dynamic_sd import resolve_tuned
     from nwor.instances import collect_arm, plan_design, public, run_instances
 
     started = provenance.utc_now()
     cap = detect_capability()
-    plan = plan_features(spec, cap)  # refuses before any engine starts
-    design = plan_design(spec, cap)
-    replicates = run_instances(spec, design, profile_region=profile_region, on_batch=on_batch)
+    plan_features(spec, cap)  # refuses before any engine starts (e.g. Dynamic SD on a build without it)
+    # A "tuned" Dynamic SD schedule comes from the static-K sweep results beside this run's (the result keeps
+    # the spec as planned, so resuming compares like with like, and the schedule under `dynamic_sd`).
+    measured, dynamic_sd = resolve_tuned(spec, Path(log_path).parent if log_path else None)
+    plan = plan_features(measured, cap)
+    design = plan_design(measured, cap)
+    replicates = run_instances(measured, design, profile_region=profile_region, on_batch=on_batch)
     run = collect_arm(replicates, RUN_ARM)
     counters = run["counters"]
     metrics = {**_summarise(spec, run["results"], run["requests"], counters),
@@ -151,7 +156,7 @@ def _measure(spec: RunSpec, log_path, profile_region: bool, on_batch) -> dict:
                   "plugin_loaded": run["plugin_loaded"], "effective": run["effective"]},
         design=design.to_dict(), replicates=[public(r) for r in replicates],
         results=run["results"], requests=run["requests"], metrics=metrics, counters=counters,
-        early_exit=early_exit, draft_lengths=draft_lengths, profiled_region=profile_region,
+        early_exit=early_exit, draft_lengths=draft_lengths, profiled_region=profile_region, dynamic_sd=dynamic_sd,
         ncu={"status": "off", "reason": "ncu not requested for this run"},
         summary=seed_summary(spec, metrics, None),
     )

@@ -103,6 +103,9 @@ def engine_kwargs(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_reg
         kwargs["speculative_config"] = {"method": "eagle", "model": models["draft_model"],
                                         "num_speculative_tokens": spec.num_speculative_tokens,
                                         **plan.speculative_config}
+        if isinstance(spec.num_speculative_tokens_per_batch_size, tuple):  # "tuned" is resolved before start
+            kwargs["speculative_config"]["num_speculative_tokens_per_batch_size"] = [
+                list(e) for e in spec.num_speculative_tokens_per_batch_size]
     elif spec.method == "ngram":
         kwargs["speculative_config"] = {"method": "ngram", "num_speculative_tokens": spec.num_speculative_tokens,
                                         "prompt_lookup_max": 4, "prompt_lookup_min": 1}

@@ -20,7 +20,9 @@ FORK_SCHEMES = {
     "nwor-fork-spec": ("VLLM_SPEC_ADAPTIVE_DRAFT_LENGTH", "VLLM_SPEC_CONFIDENCE_THRESHOLD"),
 }
 SPEC_CONFIG_FEATURE_FIELDS = ("draft_confidence_threshold", "draft_length_options",
-                              "enable_draft_length_cudagraph_specialization")
+                              "enable_draft_length_cudagraph_specialization",
+                              "num_speculative_tokens_per_batch_size")  # the last: upstream Dynamic SD
+DYNAMIC_SD = "num_speculative_tokens_per_batch_size"
 ADAPTIVE, EARLY_EXIT = "adaptive_draft_length", "confidence_early_exit"
 PLUGIN_LABEL = "nwor-plugin"
 # The fork logs this line from its EAGLE proposer; nwor's plugin exposes counters instead.
@@ -194,6 +196,9 @@ def plan_features(spec: RunSpec, cap: Capability, *, stats_path: str | None = No
     Raises:
         FeatureUnavailable: a requested feature has no allowed implementation on this build.
     """
+    if spec.num_speculative_tokens_per_batch_size is not None and DYNAMIC_SD not in cap.spec_config_fields:
+        raise FeatureUnavailable(f"run {spec.run_id}: {cap.build} has no Dynamic SD (its SpeculativeConfig lacks "
+                                 f"{DYNAMIC_SD})", run_id=spec.run_id, feature="dynamic_sd")
     wanted = {ADAPTIVE: spec.adaptive_draft_length, EARLY_EXIT: spec.confidence_threshold > 0}
     impl = {f: (_provider(f, spec, cap) if on else "off") for f, on in wanted.items()}
     env: dict[str, str] = {}

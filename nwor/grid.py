@@ -19,7 +19,7 @@ GRID_KEYS = {"grid", "run_id", "fixed", "axes", "workloads", "baseline"}
 BASELINES = ("features_off",)
 # Grids that run only when named (`nwor run serving_grid`), never under "all": each serving run starts a
 # server per arm and instance, which would more than double the smoke suite.
-OPT_IN_GRIDS = ("serving_grid",)
+OPT_IN_GRIDS = ("serving_grid", "controls_grid")  # controls_grid: ~10 engine groups per workload (issue 14)
 PROFILE_KEYS = {"description", "set", "scale", "cap", "prompt_sets", "estimate_s_per_run"}
 # Keys a workload may carry besides RunSpec fields: `id` feeds the run-id template, `note` documents.
 WORKLOAD_EXTRA_KEYS = {"id", "note", "suffix"}
