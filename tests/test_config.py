@@ -129,6 +129,7 @@ _CHANGED = {
     "attention_backend": "FLASH_ATTN",
     "prompt_set": "builtin:code", "prompt_shuffle_seed": 1, "prompt_min_chars": 2, "prompt_max_chars": 700,
     "adaptive_draft_length": True, "draft_length_options": (2, 4), "confidence_threshold": 0.5,
+    "num_speculative_tokens_per_batch_size": "tuned",
     "feature_impl": "plugin", "ncu": True, "ncu_metrics": ("a.sum",),
     "ncu_replay_mode": "kernel", "ncu_timeout_s": 10.0, "seed": 1, "tiny_models": "gpu",
     "warmup_max_batches": 9, "warmup_window": 4, "warmup_tolerance": 0.05, "engine_instances": 3,
