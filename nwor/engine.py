@@ -123,6 +123,12 @@ def start_engine(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_regi
     # Set either way: a value inherited from the caller's environment must not contradict the spec.
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if spec.engine_in_process else "1"
     check_engine_settings([spec])
+    from nwor.plugin import ENV_VAR, register
+
+    if spec.engine_in_process and ENV_VAR in plan.env:
+        # vLLM loads general plugins once per process: an in-process engine after one without nwor's plugin
+        # would start without it. Installing is idempotent.
+        register()
     from vllm import LLM
 
     _write_logging_config()
