@@ -159,6 +159,8 @@ def hash_params(spec: dict) -> str:
     data = spec if spec.get("ncu") else {k: v for k, v in spec.items() if not k.startswith("ncu_")}
     if data.get("serve_max_concurrency") is None:
         data = {k: v for k, v in data.items() if not k.startswith("serve_")}
+    if data.get("num_speculative_tokens_per_batch_size") is None:  # added later: older results stay done
+        data = {k: v for k, v in data.items() if k != "num_speculative_tokens_per_batch_size"}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -6,6 +6,7 @@ import pandas as pd
 import seaborn as sns
 
 from nwor.controls import NO_RESULTS
+from nwor.plots import save_figure
 
 ORDER = {"nospec": 0, "static": 1, "adaptive": 2, "dynamic_sd": 3, "other": 4}
 PALETTE = sns.color_palette("colorblind", 5)
@@ -20,9 +21,20 @@ def _name(row) -> str:
     return {"nospec": "no spec", "adaptive": "adaptive", "dynamic_sd": "Dynamic SD"}.get(row.control, row.arm) + where
 
 
+def controls_figure(latencies: pd.DataFrame, folder) -> plt.Figure | None:
+    """`plot_controls`, saved as `<folder>/controls.{png,svg}`; None (nothing drawn or saved) without results:
+    the section's summary then says "no controls results".
+    """
+    if latencies.empty:
+        return None
+    fig = plot_controls(latencies)
+    save_figure(fig, folder, "controls")
+    return fig
+
+
 def plot_controls(latencies: pd.DataFrame) -> plt.Figure:
     """One panel per workload: a point and 95 % interval per arm; the best static K green, its ties hollow
-    green; "no controls results" when the grid was not run.
+    green; "no controls results" written on an empty figure when the grid was not run.
     """
     workloads = list(dict.fromkeys(latencies.workload))
     if not workloads:

@@ -112,3 +112,12 @@ def test_plot_marks_the_best_k():
     fig = plot_controls(controls.arm_latencies(_frames()))
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels[:2] == ["no spec", "K=1"] and "Dynamic SD" in labels and "adaptive" in labels
+
+
+def test_controls_figure_saves_only_with_results(tmp_path):
+    from nwor.plots_controls import controls_figure
+
+    assert controls_figure(controls.arm_latencies(_frames()).iloc[0:0], tmp_path / "none") is None
+    assert not (tmp_path / "none").exists()
+    assert controls_figure(controls.arm_latencies(_frames()), tmp_path) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["controls.png", "controls.svg"]

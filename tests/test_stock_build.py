@@ -20,7 +20,7 @@ def test_stock_cpu_build_reports_no_native_features():
     cap = detect_capability()
     assert cap.flavour == "stock" and cap.platform == "cpu"
     assert cap.native == {"adaptive_draft_length": False, "confidence_early_exit": False}
-    assert cap.spec_config_fields == ()
+    assert cap.spec_config_fields == ("num_speculative_tokens_per_batch_size",)  # upstream Dynamic SD, no fork fields
     assert cap.plugin_supported, cap.plugin_reason
 
 
