@@ -59,8 +59,13 @@ def aggregate(records: list[dict], *, min_runs: int = MIN_RUNS, penalty: float =
     return out
 
 
-def select_k(measurements: list[dict], *, relative_tolerance: float = RELATIVE_TOLERANCE) -> dict[int, int]:
+def select_k(measurements: list[dict], *, relative_tolerance: float = RELATIVE_TOLERANCE,
+             fallbacks: list | None = None) -> dict[int, int]:
     """batch size -> chosen K: the smallest K whose conservative objective is within tolerance of the best.
+
+    Where every conservative objective of a batch size is 0 (instances disagree by more than the penalty
+    allows; vLLM's tuner stops there), the medians decide instead and the batch size is appended to
+    `fallbacks`, so the result says so.
 
     Raises:
         ValueError: batch sizes measured with different K candidates, or no positive objective.
@@ -73,10 +78,14 @@ def select_k(measurements: list[dict], *, relative_tolerance: float = RELATIVE_T
         raise ValueError(f"batch sizes were swept over different K candidates: {candidates}")
     chosen = {}
     for batch_size, ms in sorted(by_batch.items()):
-        best = max(m["conservative_objective"] for m in ms)
+        basis = "conservative_objective"
+        if max(m[basis] for m in ms) <= 0 and fallbacks is not None:
+            basis = "median_objective"
+            fallbacks.append(batch_size)
+        best = max(m[basis] for m in ms)
         if best <= 0:
             raise ValueError(f"batch size {batch_size}: no positive conservative objective")
-        chosen[batch_size] = min(m["k"] for m in ms if m["conservative_objective"] >= best * (1 - relative_tolerance))
+        chosen[batch_size] = min(m["k"] for m in ms if m[basis] >= best * (1 - relative_tolerance))
     return chosen
 
 
@@ -112,10 +121,10 @@ def tune(records: list[dict], sources: list[str]) -> dict:
     Raises:
         ValueError: see `aggregate`, `select_k`, `build_schedule`.
     """
-    measurements = aggregate(records)
-    chosen = select_k(measurements)
+    measurements, fallbacks = aggregate(records), []
+    chosen = select_k(measurements, fallbacks=fallbacks)
     return {"schedule": build_schedule(chosen), "chosen_k": {str(b): k for b, k in chosen.items()},
-            "extended_below": min(chosen) > 1, "rule": SOURCE,
+            "extended_below": min(chosen) > 1, "rule": SOURCE, "median_fallback_batch_sizes": fallbacks,
             "settings": {"objective": "output_tokens_per_s per engine instance", "direction": "maximize",
                          "min_runs": MIN_RUNS, "uncertainty_penalty": UNCERTAINTY_PENALTY,
                          "relative_tolerance": RELATIVE_TOLERANCE, "max_relative_mad": MAX_RELATIVE_MAD},

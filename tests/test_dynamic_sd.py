@@ -37,6 +37,15 @@ def test_select_k_takes_the_smallest_k_within_tolerance_of_the_best():
     assert chosen == {9: 3, 15: 1}  # K=5 is 0.5 % better than K=3 at 9: within 1 %, so the smaller K
 
 
+def test_select_k_falls_back_to_medians_only_when_asked_and_says_so():
+    table = {(9, 1): [10.0, 100.0], (9, 3): [20.0, 300.0]}  # instances 10x apart: every conservative value is 0
+    with pytest.raises(ValueError, match="no positive conservative"):
+        d.select_k(d.aggregate(_records(table)))  # vLLM's rule
+    fallbacks = []
+    assert d.select_k(d.aggregate(_records(table)), fallbacks=fallbacks) == {9: 3} and fallbacks == [9]
+    assert d.tune(_records(table), ["x"])["median_fallback_batch_sizes"] == [9]
+
+
 def test_select_k_refuses_batch_sizes_with_different_candidates():
     with pytest.raises(ValueError, match="different K"):
         d.select_k(d.aggregate(_records({(9, 1): [1.0, 1.0], (15, 3): [1.0, 1.0]})))
