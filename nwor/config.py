@@ -19,6 +19,7 @@ FEATURE_IMPLS = ("auto", "native", "plugin")
 NCU_MODES = ("after",)
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")  # the names vLLM's --dtype accepts
 ARM_DESIGNS = ("auto", "engines")
+SCHEDULE = "num_speculative_tokens_per_batch_size"  # vLLM's Dynamic SD field (nwor.dynamic_sd)
 # Keys an arm may set besides RunSpec fields; RunSpec fields that name or shape the run itself may not vary.
 ARM_EXTRA_KEYS = ("name", "load_plugin", "label")
 ARM_FIXED_FIELDS = ("run_id", "grid", "profile", "workload_number", "workload_name", "measured_batches",
@@ -83,9 +84,7 @@ class RunSpec:
     prompt_max_chars: int = 800
     adaptive_draft_length: bool = False
     draft_length_options: tuple[int, ...] | None = None
-    # vLLM's Dynamic SD (SpeculativeConfig field of that name): [[batch_start, batch_end, K], ...] inclusive
-    # ranges, or "tuned": built at measure time from the profile's static-K sweep (nwor.dynamic_sd).
-    num_speculative_tokens_per_batch_size: tuple | str | None = None
+    num_speculative_tokens_per_batch_size: tuple | str | None = None  # Dynamic SD: [[start, end, K]] or "tuned"
     confidence_threshold: float = 0.0
     feature_impl: str = "auto"  # auto: the engine's own if it has the feature, else nwor's plugin
     ncu: bool = False
@@ -107,10 +106,8 @@ class RunSpec:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        schedule = self.num_speculative_tokens_per_batch_size
-        if isinstance(schedule, (list, tuple)):
-            object.__setattr__(self, "num_speculative_tokens_per_batch_size",
-                               tuple(tuple(e) if isinstance(e, (list, tuple)) else e for e in schedule))
+        from nwor.dynamic_sd import checked_schedule  # as a tuple of tuples; nwor.dynamic_sd imports this module
+        object.__setattr__(self, SCHEDULE, checked_schedule(getattr(self, SCHEDULE), self.method != "none"))
         if isinstance(self.arms, (list, tuple)):
             object.__setattr__(self, "arms", tuple(dict(a) if isinstance(a, dict) else a for a in self.arms))
         # Record where the engine core really runs: `vllm serve` and tensor-parallel workers always give it a
@@ -125,9 +122,7 @@ class RunSpec:
             if data[name] is not None:
                 data[name] = list(data[name])
         data["arms"] = [dict(a) for a in self.arms]
-        schedule = data["num_speculative_tokens_per_batch_size"]
-        if isinstance(schedule, tuple):
-            data["num_speculative_tokens_per_batch_size"] = [list(e) for e in schedule]
+        data[SCHEDULE] = [list(e) for e in data[SCHEDULE]] if isinstance(data[SCHEDULE], tuple) else data[SCHEDULE]
         return data
 
     def __hash__(self) -> int:
@@ -159,8 +154,7 @@ def hash_params(spec: dict) -> str:
     data = spec if spec.get("ncu") else {k: v for k, v in spec.items() if not k.startswith("ncu_")}
     if data.get("serve_max_concurrency") is None:
         data = {k: v for k, v in data.items() if not k.startswith("serve_")}
-    if data.get("num_speculative_tokens_per_batch_size") is None:  # added later: older results stay done
-        data = {k: v for k, v in data.items() if k != "num_speculative_tokens_per_batch_size"}
+    data = {k: v for k, v in data.items() if k != SCHEDULE or v is not None}  # unset: older results stay done
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -243,7 +237,6 @@ def _validate(spec: RunSpec) -> None:
     if spec.draft_length_options is not None:
         _check(all(_is_int(o) and o >= 1 for o in spec.draft_length_options) and spec.draft_length_options,
                "draft_length_options", "must be a list of integers >= 1", spec.draft_length_options)
-    _validate_schedule(spec)
     if spec.method == "eagle":
         _check(bool(spec.draft_model), "draft_model", "method eagle needs a draft model", spec.draft_model)
     if not spec.speculative:
@@ -259,22 +252,6 @@ def _validate(spec: RunSpec) -> None:
             _check((Path(model).expanduser() / "config.json").is_file(), name,
                    "not a model folder (no config.json in it)", model)
     _validate_arms(spec)
-
-
-def _validate_schedule(spec: RunSpec) -> None:
-    """Dynamic SD's schedule: "tuned", or vLLM's rule (triples of ints, sorted, non-overlapping, from 1)."""
-    schedule, name = spec.num_speculative_tokens_per_batch_size, "num_speculative_tokens_per_batch_size"
-    if schedule is None:
-        return
-    _check(spec.speculative, name, "Dynamic SD needs speculation (method eagle or ngram)", schedule)
-    if isinstance(schedule, str):
-        _check(schedule == "tuned", name, 'must be "tuned" or a list of [batch_start, batch_end, K]', schedule)
-        return
-    ok = bool(schedule) and all(isinstance(e, tuple) and len(e) == 3 and all(_is_int(v) for v in e)
-                                and 1 <= e[0] <= e[1] and e[2] >= 0 for e in schedule)
-    _check(ok, name, "must be a non-empty list of [batch_start, batch_end, K] (1 <= start <= end, K >= 0)", schedule)
-    _check(schedule[0][0] == 1 and all(b[0] > a[1] for a, b in zip(schedule, schedule[1:])), name,
-           "ranges must start at batch size 1, sorted and non-overlapping", schedule)
 
 
 def _validate_arms(spec: RunSpec) -> None:

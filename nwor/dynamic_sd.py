@@ -26,6 +26,33 @@ MAX_RELATIVE_MAD = 0.1  # vLLM refuses above this; here such a candidate is kept
 SOURCE = "vllm/benchmarks/sweep/tune_speculative_k.py rule (maximize output tokens/s), restated in nwor.dynamic_sd"
 
 
+def checked_schedule(schedule, speculative: bool):
+    """A RunSpec's schedule as tuples: None, "tuned", or vLLM's rule (int triples, sorted, disjoint, from 1).
+
+    Raises:
+        ConfigError: anything else, or a schedule without speculation.
+    """
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"invalid {FIELD}={schedule!r}: {message}", field=FIELD, value=schedule)
+
+    if schedule is None:
+        return None
+    check(speculative, "Dynamic SD needs speculation (method eagle or ngram)")
+    if isinstance(schedule, str):
+        check(schedule == TUNED, 'must be "tuned" or a list of [batch_start, batch_end, K]')
+        return schedule
+    shape = "must be a non-empty list of [batch_start, batch_end, K] (1 <= start <= end, K >= 0)"
+    check(isinstance(schedule, (list, tuple)) and bool(schedule), shape)
+    schedule = tuple(tuple(e) if isinstance(e, (list, tuple)) else e for e in schedule)
+    ints = lambda e: all(isinstance(v, int) and not isinstance(v, bool) for v in e)  # noqa: E731
+    check(all(isinstance(e, tuple) and len(e) == 3 and ints(e) and 1 <= e[0] <= e[1] and e[2] >= 0
+              for e in schedule), shape)
+    check(schedule[0][0] == 1 and all(b[0] > a[1] for a, b in zip(schedule, schedule[1:])),
+          "ranges must start at batch size 1, sorted and non-overlapping")
+    return schedule
+
+
 def median_mad(values: list[float]) -> tuple[float, float]:
     """(median, median absolute deviation)."""
     med = statistics.median(values)
@@ -44,7 +71,8 @@ def aggregate(records: list[dict], *, min_runs: int = MIN_RUNS, penalty: float =
     cells: dict[tuple[int, int], list[float]] = {}
     for r in records:
         if not r["objective"] > 0:
-            raise ValueError(f"objective must be > 0, got {r['objective']!r} (batch size {r['batch_size']}, K {r['k']})")
+            raise ValueError(f"objective must be > 0, got {r['objective']!r} "
+                             f"(batch size {r['batch_size']}, K {r['k']})")
         cells.setdefault((int(r["batch_size"]), int(r["k"])), []).append(float(r["objective"]))
     if not cells:
         raise ValueError("no sweep measurements")
@@ -140,7 +168,8 @@ def is_static(settings: dict) -> bool:
 def sweep_records(doc: dict) -> list[dict]:
     """Tuner records of one sweep result: (batch size, K, output tokens/s) per static arm and instance."""
     spec = doc.get("spec") or {}
-    arms = {a["name"]: {**spec, **{k: v for k, v in a.items() if k in spec}} for a in (doc.get("design") or {}).get("arms") or []}
+    arms = {a["name"]: {**spec, **{k: v for k, v in a.items() if k in spec}}
+            for a in (doc.get("design") or {}).get("arms") or []}
     records = []
     for replicate in doc.get("replicates") or []:
         for name, settings in arms.items():
