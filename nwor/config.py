@@ -24,7 +24,7 @@ ARM_EXTRA_KEYS = ("name", "load_plugin", "label")
 ARM_FIXED_FIELDS = ("run_id", "grid", "profile", "workload_number", "workload_name", "measured_batches",
                     "warmup_batches", "warmup_max_batches", "warmup_window", "warmup_tolerance",
                     "engine_instances", "arms", "arm_design", "ncu", "ncu_metrics", "ncu_mode",
-                    "ncu_replay_mode", "ncu_timeout_s", "seed")
+                    "ncu_replay_mode", "ncu_timeout_s", "seed", "prompt_shift")
 DEFAULT_NCU_METRICS = NCU_METRICS  # the project's one list (nwor/ncu_metrics.py)
 # Model names that resolve to the locally built tiny pair (nwor.tiny).
 TINY_TARGET, TINY_DRAFT = "tiny", "tiny-eagle"
@@ -84,6 +84,15 @@ class RunSpec:
     adaptive_draft_length: bool = False
     draft_length_options: tuple[int, ...] | None = None
     confidence_threshold: float = 0.0
+    # Weight of the adaptive controller's acceptance EWMA; the fork fixes 0.1, any other value is nwor's
+    # extension (a plugin setting: arms differing only in it share an engine).
+    ewma_alpha: float = 0.1
+    # A shifting workload (nwor.shift): parts visited in order over the measured rounds, equal shares, each
+    # {prompt_set, temperature (optional: the run's)}; empty: every batch uses prompt_set and temperature.
+    prompt_shift: tuple = ()
+    # vLLM's synthetic rejection sampling pinned at this per-token acceptance a (unconditional rate of
+    # position i = a^(i+1)); None: real verification. GPU builds only (nwor.synthetic).
+    synthetic_acceptance_rate: float | None = None
     feature_impl: str = "auto"  # auto: the engine's own if it has the feature, else nwor's plugin
     ncu: bool = False
     ncu_metrics: tuple[str, ...] = DEFAULT_NCU_METRICS
@@ -110,6 +119,9 @@ class RunSpec:
         # process of its own, whatever a profile prefers for single-rank offline runs.
         if self.serving or self.tensor_parallel_size != 1:
             object.__setattr__(self, "engine_in_process", False)
+        if isinstance(self.prompt_shift, (list, tuple)):
+            object.__setattr__(self, "prompt_shift", tuple(dict(p) if isinstance(p, dict) else p
+                                                           for p in self.prompt_shift))
         _validate(self)
 
     def to_dict(self) -> dict:
@@ -118,6 +130,7 @@ class RunSpec:
             if data[name] is not None:
                 data[name] = list(data[name])
         data["arms"] = [dict(a) for a in self.arms]
+        data["prompt_shift"] = [dict(p) for p in self.prompt_shift]
         return data
 
     def __hash__(self) -> int:
@@ -147,9 +160,14 @@ def hash_params(spec: dict) -> str:
     """The resume key of a resolved spec (as stored in a result's `spec`); ncu settings count only with ncu on,
     serving settings only for serving runs (so offline results stay done when serving fields are added)."""
     data = spec if spec.get("ncu") else {k: v for k, v in spec.items() if not k.startswith("ncu_")}
+    # Controller fields at their defaults count as absent: results made before they existed stay done.
+    data = {k: v for k, v in data.items() if not (k in _CONTROLLER_DEFAULTS and v == _CONTROLLER_DEFAULTS[k])}
     if data.get("serve_max_concurrency") is None:
         data = {k: v for k, v in data.items() if not k.startswith("serve_")}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_CONTROLLER_DEFAULTS = {"ewma_alpha": 0.1, "prompt_shift": [], "synthetic_acceptance_rate": None}
 
 
 def _check(ok: bool, name: str, message: str, value) -> None:
@@ -245,7 +263,32 @@ def _validate(spec: RunSpec) -> None:
             _check(Path(model).expanduser().is_dir(), name, "no such local model folder", model)
             _check((Path(model).expanduser() / "config.json").is_file(), name,
                    "not a model folder (no config.json in it)", model)
+    _check(_is_number(spec.ewma_alpha) and 0 < spec.ewma_alpha <= 1, "ewma_alpha", "must be in (0, 1]",
+           spec.ewma_alpha)
+    rate = spec.synthetic_acceptance_rate
+    _check(rate is None or (_is_number(rate) and 0 <= rate <= 1), "synthetic_acceptance_rate",
+           "must be None or in [0, 1]", rate)
+    if rate is not None:
+        _check(spec.speculative, "synthetic_acceptance_rate", "needs speculative decoding (method eagle or ngram)",
+               rate)
+    _validate_shift(spec)
     _validate_arms(spec)
+
+
+def _validate_shift(spec: RunSpec) -> None:
+    """Each part names a prompt set (and may set a temperature); every part gets at least one measured round."""
+    for part in spec.prompt_shift:
+        _check(isinstance(part, dict) and isinstance(part.get("prompt_set"), str) and bool(part["prompt_set"]),
+               "prompt_shift", "each part must be a mapping with a prompt_set", part)
+        unknown = sorted(set(part) - {"prompt_set", "temperature"})
+        _check(not unknown, "prompt_shift", f"unknown key {unknown[0] if unknown else ''!r} in a part", part)
+        if "temperature" in part:
+            _check(_is_number(part["temperature"]) and part["temperature"] >= 0, "prompt_shift",
+                   "a part's temperature must be >= 0", part)
+    if spec.prompt_shift:
+        _check(spec.measured_batches >= len(spec.prompt_shift), "prompt_shift",
+               f"{len(spec.prompt_shift)} parts need measured_batches >= {len(spec.prompt_shift)}",
+               [dict(p) for p in spec.prompt_shift])
 
 
 def _validate_arms(spec: RunSpec) -> None:
