@@ -55,3 +55,20 @@ def plot_trajectory(traces: pd.DataFrame, run_id: str | None = None) -> plt.Figu
                  + (f"; parts {parts} (dotted: shifts; settling band ±{BAND})" if len(shifts) else ""), fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def show_trajectory(traces: pd.DataFrame, folder, run_id: str | None = None):
+    """`plot_trajectory`, saved as `controller_trajectory` under `folder`; a Markdown note when there are no traces.
+
+    Raises:
+        OSError: the figure cannot be written.
+    """
+    from IPython.display import Markdown
+
+    from nwor.plots import save_figure
+
+    fig = plot_trajectory(traces, run_id)
+    if isinstance(fig, str):
+        return Markdown(fig)
+    save_figure(fig, folder, "controller_trajectory")
+    return fig

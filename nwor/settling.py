@@ -1,11 +1,14 @@
 """The adaptive controller's settling time after each workload shift, from its trace (nwor.controller_trace).
 
-Rule (SETTLING_RULE): at a shift (the first step of a part whose workload differs from the previous part's),
-the new steady level is the median EWMA over the last third of the new part (at least `min_tail` points).
-The controller has settled at the first step from which its EWMA stays within ±`band` of that level until
-the part ends, for at least `hold` points; otherwise it did not settle within the part (null, with a reason).
-Seconds count the arm's own engine time: a gap between two of its batches (other arms ran, or none) counts
-as the arm's median step time, not as wall time.
+Rule (SETTLING_RULE): a shift is the first step of a workload part that differs from the previous one. The
+new steady level is the median EWMA over the last third of the new part (at least `min_tail` points; none
+while that tail still drifts by more than the band); the
+band is ±max(`band`, 2 × the EWMA's steady noise), the noise being 1.4826 × the tail's median absolute
+deviation (a higher alpha tracks faster but fluctuates more; an absolute band alone would call it never
+settled). The controller has settled at the first step from which its EWMA stays inside the band until the
+part ends, for at least `hold` points; otherwise it did not settle within the part (null, with a reason).
+Seconds count the arm's own engine time: a gap between two of its batches (other arms ran) counts as the
+arm's median step time, not as wall time.
 """
 from __future__ import annotations
 
@@ -14,27 +17,39 @@ import statistics
 
 import pandas as pd
 
-BAND = 0.05  # absolute EWMA; the fork's length thresholds are 0.2 apart (0.3, 0.5, 0.7)
+BAND = 0.05  # minimum half-width, absolute EWMA; the fork's length thresholds are 0.2 apart (0.3, 0.5, 0.7)
 HOLD = 5
 MIN_TAIL = 3
 SETTLING_RULE = {
-    "level": "median EWMA over the last third of the new part (at least min_tail points)",
-    "settled": "first step from which the EWMA stays within ±band of the level until the part ends, "
-               "for at least `hold` points",
+    "shift": "first step of a workload part that differs from the previous part",
+    "level": "median EWMA over the last third of the new part (at least min_tail points); none when the "
+             "medians of that tail's two halves differ by more than the band (still drifting)",
+    "band": "±max(band, 2 × 1.4826 × median absolute deviation of that tail)",
+    "settled": "first step from which the EWMA stays inside the band until the part ends, for at least `hold` points",
     "seconds": "the arm's own step time from the shift to that step; a gap between its batches counts as its "
                "median step time",
-    "band": BAND, "hold": HOLD, "min_tail": MIN_TAIL,
+    "min_band": BAND, "hold": HOLD, "min_tail": MIN_TAIL,
 }
 COLUMNS = ["run_id", "instance", "arm", "label", "ewma_alpha", "shift", "from_part", "to_part", "shift_step",
-           "level_before", "level_after", "settling_steps", "settling_s", "first_length_change_steps", "reason"]
+           "level_before", "level_after", "band", "ewma_noise_after", "settling_steps", "settling_s",
+           "first_length_change_steps", "length_switches_per_100_steps", "reason"]
 
 
-def _level(values: list[float], min_tail: int) -> float | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    tail = values[-max(min_tail, math.ceil(len(values) / 3)):]
-    return statistics.median(tail)
+def _tail(values: list, min_tail: int) -> list[float]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return values[-max(min_tail, math.ceil(len(values) / 3)):] if values else []
+
+
+def steady(values: list, min_tail: int = MIN_TAIL) -> tuple[float | None, float | None, float | None]:
+    """(level, noise, drift) of a part's EWMA: the median of its last third, 1.4826 × that tail's MAD, and
+    how far the tail's second half's median lies from its first half's (a tail still moving has no level)."""
+    tail = _tail(values, min_tail)
+    if not tail:
+        return None, None, None
+    level = statistics.median(tail)
+    half = len(tail) // 2
+    drift = abs(statistics.median(tail[half:]) - statistics.median(tail[:half])) if half else 0.0
+    return level, 1.4826 * statistics.median(abs(v - level) for v in tail), drift
 
 
 def settle(points: pd.DataFrame, band: float = BAND, hold: int = HOLD, min_tail: int = MIN_TAIL) -> list[dict]:
@@ -44,9 +59,8 @@ def settle(points: pd.DataFrame, band: float = BAND, hold: int = HOLD, min_tail:
         points: the arm's trace points, columns step, t_s, ewma, draft_length, part, segment.
 
     Returns:
-        One dict per shift: shift (1, 2, ...), from_part, to_part, shift_step, level_before, level_after,
-        settling_steps and settling_s (None when it did not settle; `reason` says why), and
-        first_length_change_steps (steps until the chosen length first differs from the one before the shift).
+        One dict per shift (keys of COLUMNS from "shift" on); settling_steps / settling_s are None when the
+        EWMA did not settle within the part, and `reason` says why.
 
     Raises:
         ValueError: band <= 0, hold < 1 or min_tail < 1.
@@ -54,30 +68,36 @@ def settle(points: pd.DataFrame, band: float = BAND, hold: int = HOLD, min_tail:
     if band <= 0 or hold < 1 or min_tail < 1:
         raise ValueError(f"band must be > 0 and hold, min_tail >= 1 (got {band}, {hold}, {min_tail})")
     pts = points.sort_values("step").reset_index(drop=True)
-    if pts.empty or pts.ewma.isna().all():
+    if pts.empty:
         return []
     step, t, ewma = pts.step.tolist(), pts.t_s.tolist(), pts.ewma.tolist()
-    parts, segments = pts.part.tolist(), pts.segment.tolist()
+    parts, segments, lengths = pts.part.tolist(), pts.segment.tolist(), pts.draft_length.tolist()
     per_step = _median_step_s(step, t, segments)
-    out = []
     starts = [i for i in range(1, len(pts)) if parts[i] != parts[i - 1]]
+    out = []
     for n, i in enumerate(starts, 1):
         end = next((j for j in range(i + 1, len(pts)) if parts[j] != parts[i]), len(pts))
-        before_start = max((j for j in [0, *starts] if j < i), default=0)
+        previous = max([0, *(j for j in starts if j < i)])
+        level, noise, drift = steady(ewma[i:end], min_tail)
+        half = None if level is None else max(band, 2 * noise)
+        span = step[end - 1] - step[i] + 1
+        switches = sum(1 for j in range(i + 1, end) if lengths[j] != lengths[j - 1])
         row = {"shift": n, "from_part": parts[i - 1], "to_part": parts[i], "shift_step": step[i],
-               "level_before": _level(ewma[before_start:i], min_tail), "level_after": _level(ewma[i:end], min_tail),
-               "settling_steps": None, "settling_s": None, "first_length_change_steps": None, "reason": None}
-        length_before = pts.draft_length[i - 1]
-        change = next((j for j in range(i, end) if pts.draft_length[j] != length_before), None)
-        if change is not None:
-            row["first_length_change_steps"] = step[change] - step[i]
-        level = row["level_after"]
+               "level_before": steady(ewma[previous:i], min_tail)[0], "level_after": level, "band": half,
+               "ewma_noise_after": noise, "settling_steps": None, "settling_s": None,
+               "first_length_change_steps": next((step[j] - step[i] for j in range(i, end)
+                                                  if lengths[j] != lengths[i - 1]), None),
+               "length_switches_per_100_steps": 100.0 * switches / span, "reason": None}
         if level is None:
-            row["reason"] = "no EWMA in the new part (adaptive off?)"
+            row["reason"] = "no EWMA in the new part (adaptive draft length off)"
+        elif drift > half:
+            row["reason"] = (f"no steady level within the part: its last third still drifts by {drift:.3f} "
+                             f"(band ±{half:.3f}); the part is too short for this alpha")
         else:
-            settled = next((s for s in range(i, end) if all(abs(e - level) <= band for e in ewma[s:end])), None)
+            settled = next((s for s in range(i, end) if all(abs(e - level) <= half for e in ewma[s:end])), None)
             if settled is None or end - settled < hold:
-                row["reason"] = f"did not stay within ±{band} of {level:.3f} for {hold} points before the part ended"
+                row["reason"] = (f"did not stay within ±{half:.3f} of {level:.3f} for {hold} points before the "
+                                 f"part ended ({end - i} points)")
             else:
                 row["settling_steps"] = step[settled] - step[i]
                 row["settling_s"] = _active_seconds(step, t, segments, i, settled, per_step)
@@ -106,10 +126,9 @@ def _active_seconds(step, t, segments, start: int, stop: int, per_step: float | 
 def settling_table(frame: pd.DataFrame, **rule) -> pd.DataFrame:
     """`settle` for every (run, instance, arm) of a traces frame (nwor.controller_trace.traces_frame)."""
     rows = []
-    keys = ["run_id", "instance", "arm"]
-    for (run_id, instance, arm), points in frame.groupby(keys, sort=True) if not frame.empty else []:
+    groups = frame.groupby(["run_id", "instance", "arm"], sort=True) if not frame.empty else []
+    for (run_id, instance, arm), points in groups:
         first = points.iloc[0]
-        for row in settle(points, **rule):
-            rows.append({"run_id": run_id, "instance": instance, "arm": arm, "label": first.label,
-                         "ewma_alpha": first.ewma_alpha, **row})
+        rows += [{"run_id": run_id, "instance": instance, "arm": arm, "label": first.label,
+                  "ewma_alpha": first.ewma_alpha, **row} for row in settle(points, **rule)]
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -204,14 +204,14 @@ def reset_stats(llm) -> None:
 
 
 def configure(llm, config: PluginConfig, *, keep_controller: bool = False, trace_label: str | None = None,
-              segment: str | None = None) -> None:
+              segment: dict | None = None) -> None:
     """Switch a plugin-enabled engine to another config without restarting it (tests, sweeps, arms).
 
     Zeroes the counters. The acceptance EWMA restarts at 0.5, as a fresh engine would, unless
     `keep_controller` is set: then it resumes where this engine last left the same config, so arms that
     alternate by batch each keep their own controller. The engine must have been started with the plugin on.
     Steps from now on go to the controller trace `trace_label` (e.g. the arm; unchanged when None), and
-    `segment` marks where a new part of it (a batch, a prompt set) starts.
+    `segment` (a JSON-able mapping, e.g. round, part, batch) marks where a new part of it starts.
     """
     payload = json.loads(config.to_json())
     if keep_controller:

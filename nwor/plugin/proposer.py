@@ -270,7 +270,7 @@ def make_proposer_class(base, elastic):
             self._nwor_trace_slots = 0
 
         def nwor_configure(self, config: PluginConfig, keep_controller: bool = False,
-                           trace_label: str | None = None, segment: str | None = None) -> None:
+                           trace_label: str | None = None, segment: dict | None = None) -> None:
             self._nwor_check_supported(self.vllm_config, config)
             if trace_label is not None:
                 self._nwor_trace = self._nwor_traces.setdefault(trace_label, StepTrace())

@@ -39,7 +39,7 @@ class StepTrace:
         # (on, but this step had no gateable iteration) or the device slot of the step's ungated-row count.
         self.rows: list[list] = []
         self.dropped_steps = 0
-        self.segments: list[dict] = []  # {"step": first step, "label": what the caller marked}
+        self.segments: list[dict] = []  # {"step": first step, **what the caller marked}
 
     def start(self, ewma: float | None, draft_length: int, slot) -> None:
         """A propose: the EWMA the length was chosen from (None when not maintained), the length drafted, and
@@ -59,9 +59,9 @@ class StepTrace:
         if self.rows and self.rows[-1][3] is None and not self.dropped_steps:
             self.rows[-1][3], self.rows[-1][4] = drafted, accepted
 
-    def mark(self, label: str) -> None:
-        """A segment (e.g. a measured batch and its prompt set) starts at the next step."""
-        self.segments.append({"step": len(self.rows) + self.dropped_steps, "label": label})
+    def mark(self, segment: dict) -> None:
+        """A segment (e.g. a measured batch and its workload part) starts at the next step."""
+        self.segments.append({"step": len(self.rows) + self.dropped_steps, **segment})
 
     def steps(self, ran_in_slot) -> dict:
         """The raw columns (`COLUMNS`); `ran_in_slot(i)` gives the rows that ran ungated in device slot i
