@@ -1,14 +1,14 @@
 """The adaptive controller's settling time after each workload shift, from its trace (nwor.controller_trace).
 
 Rule (SETTLING_RULE): a shift is the first step of a workload part that differs from the previous one. The
-new steady level is the median EWMA over the last third of the new part (at least `min_tail` points; none
-while that tail still drifts by more than the band); the
-band is ±max(`band`, 2 × the EWMA's steady noise), the noise being 1.4826 × the tail's median absolute
-deviation (a higher alpha tracks faster but fluctuates more; an absolute band alone would call it never
-settled). The controller has settled at the first step from which its EWMA stays inside the band until the
-part ends, for at least `hold` points; otherwise it did not settle within the part (null, with a reason).
-Seconds count the arm's own engine time: a gap between two of its batches (other arms ran) counts as the
-arm's median step time, not as wall time.
+new level is what the EWMA converges to in that part, the mean of its inputs: the per-step acceptance
+(accepted / drafted) averaged over the part's steps (the median EWMA of the part's last third where the trace
+has no acceptance). The band is ±max(`band`, 2 × the EWMA's steady noise), the noise being 1.4826 × the
+median absolute deviation of the part's last third (a higher alpha tracks faster but fluctuates more; an
+absolute band alone would call it never settled). The controller has settled at the first step from which
+its EWMA stays inside the band until the part ends, for at least `hold` points; otherwise it did not settle
+within the part (null, with a reason). Seconds count the arm's own engine time: a gap between two of its
+batches (other arms ran) counts as the arm's median step time, not as wall time.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ HOLD = 5
 MIN_TAIL = 3
 SETTLING_RULE = {
     "shift": "first step of a workload part that differs from the previous part",
-    "level": "median EWMA over the last third of the new part (at least min_tail points); none when the "
-             "medians of that tail's two halves differ by more than the band (still drifting)",
-    "band": "±max(band, 2 × 1.4826 × median absolute deviation of that tail)",
+    "level": "mean per-step acceptance (accepted / drafted, steps that drafted) over the new part, the EWMA's "
+             "fixed point; the median EWMA of the part's last third where the trace has no acceptance",
+    "band": "±max(band, 2 × 1.4826 × median absolute deviation of the EWMA over the part's last third)",
     "settled": "first step from which the EWMA stays inside the band until the part ends, for at least `hold` points",
     "seconds": "the arm's own step time from the shift to that step; a gap between its batches counts as its "
                "median step time",
@@ -40,16 +40,23 @@ def _tail(values: list, min_tail: int) -> list[float]:
     return values[-max(min_tail, math.ceil(len(values) / 3)):] if values else []
 
 
-def steady(values: list, min_tail: int = MIN_TAIL) -> tuple[float | None, float | None, float | None]:
-    """(level, noise, drift) of a part's EWMA: the median of its last third, 1.4826 × that tail's MAD, and
-    how far the tail's second half's median lies from its first half's (a tail still moving has no level)."""
+def steady(values: list, min_tail: int = MIN_TAIL) -> tuple[float | None, float | None]:
+    """(median, noise) of a part's EWMA over its last third: the median and 1.4826 × the tail's MAD."""
     tail = _tail(values, min_tail)
     if not tail:
-        return None, None, None
+        return None, None
     level = statistics.median(tail)
-    half = len(tail) // 2
-    drift = abs(statistics.median(tail[half:]) - statistics.median(tail[:half])) if half else 0.0
-    return level, 1.4826 * statistics.median(abs(v - level) for v in tail), drift
+    return level, 1.4826 * statistics.median(abs(v - level) for v in tail)
+
+
+def acceptance_level(accepted: list, drafted: list) -> float | None:
+    """Mean per-step acceptance over steps that drafted: the fixed point of the EWMA fed those steps."""
+    ratios = [a / d for a, d in zip(accepted, drafted) if a is not None and d and not _nan(a) and not _nan(d)]
+    return statistics.fmean(ratios) if ratios else None
+
+
+def _nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def settle(points: pd.DataFrame, band: float = BAND, hold: int = HOLD, min_tail: int = MIN_TAIL) -> list[dict]:
@@ -72,27 +79,29 @@ def settle(points: pd.DataFrame, band: float = BAND, hold: int = HOLD, min_tail:
         return []
     step, t, ewma = pts.step.tolist(), pts.t_s.tolist(), pts.ewma.tolist()
     parts, segments, lengths = pts.part.tolist(), pts.segment.tolist(), pts.draft_length.tolist()
+    accepted = pts.accepted.tolist() if "accepted" in pts else [None] * len(pts)
+    drafted = pts.drafted.tolist() if "drafted" in pts else [None] * len(pts)
     per_step = _median_step_s(step, t, segments)
     starts = [i for i in range(1, len(pts)) if parts[i] != parts[i - 1]]
     out = []
     for n, i in enumerate(starts, 1):
         end = next((j for j in range(i + 1, len(pts)) if parts[j] != parts[i]), len(pts))
         previous = max([0, *(j for j in starts if j < i)])
-        level, noise, drift = steady(ewma[i:end], min_tail)
+        tail_level, noise = steady(ewma[i:end], min_tail)
+        level = acceptance_level(accepted[i:end], drafted[i:end]) if tail_level is not None else None
+        level = tail_level if level is None else level
         half = None if level is None else max(band, 2 * noise)
         span = step[end - 1] - step[i] + 1
         switches = sum(1 for j in range(i + 1, end) if lengths[j] != lengths[j - 1])
         row = {"shift": n, "from_part": parts[i - 1], "to_part": parts[i], "shift_step": step[i],
-               "level_before": steady(ewma[previous:i], min_tail)[0], "level_after": level, "band": half,
+               "level_before": acceptance_level(accepted[previous:i], drafted[previous:i]), "level_after": level,
+               "band": half,
                "ewma_noise_after": noise, "settling_steps": None, "settling_s": None,
                "first_length_change_steps": next((step[j] - step[i] for j in range(i, end)
                                                   if lengths[j] != lengths[i - 1]), None),
                "length_switches_per_100_steps": 100.0 * switches / span, "reason": None}
         if level is None:
             row["reason"] = "no EWMA in the new part (adaptive draft length off)"
-        elif drift > half:
-            row["reason"] = (f"no steady level within the part: its last third still drifts by {drift:.3f} "
-                             f"(band ±{half:.3f}); the part is too short for this alpha")
         else:
             settled = next((s for s in range(i, end) if all(abs(e - level) <= half for e in ewma[s:end])), None)
             if settled is None or end - settled < hold:
