@@ -36,7 +36,7 @@ def plot_trajectory(traces: pd.DataFrame, run_id: str | None = None) -> plt.Figu
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
     for label, arm in data.groupby("label", sort=True):
         arm = arm.sort_values("step")
-        name = f"{label} (alpha {arm.ewma_alpha.iloc[0]:g})"
+        name = label if "alpha" in label else f"{label} (alpha {arm.ewma_alpha.iloc[0]:g})"
         if arm.ewma.notna().any():
             top.plot(arm.step, arm.ewma, label=name, lw=1.2)
         bottom.step(arm.step, arm.draft_length, where="post", label=name, lw=1.2)
@@ -48,11 +48,13 @@ def plot_trajectory(traces: pd.DataFrame, run_id: str | None = None) -> plt.Figu
     for bound in (0.3, 0.5, 0.7):  # the fork's length thresholds on the EWMA
         top.axhline(bound, color="0.8", lw=0.8)
     top.set(ylabel="acceptance EWMA", ylim=(0, 1))
-    top.legend(fontsize=8, loc="lower right")
-    bottom.set(xlabel="engine step (the arm's own, measured batches)", ylabel="chosen draft length")
+    top.legend(fontsize=7, loc="upper right", ncol=2)
+    bottom.set(xlabel="engine step (the arm's own, measured batches)", ylabel="chosen draft length",
+               yticks=sorted(data.draft_length.dropna().unique()))
     parts = ", ".join(str(p) for p in first.drop_duplicates("part").part.dropna().astype(int))
     fig.suptitle(f"Controller trajectory: {run_id}, instance {int(data.instance.min())}"
-                 + (f"; parts {parts} (dotted: shifts; settling band ±{BAND})" if len(shifts) else ""), fontsize=11)
+                 + (f"; parts {parts} (dotted: shifts; settling band ±max({BAND}, 2 × noise))" if len(shifts) else ""),
+                 fontsize=11)
     fig.tight_layout()
     return fig
 
