@@ -78,6 +78,11 @@ def test_long_traces_are_bucketed_under_the_bound():
     assert all(len(out[c]) == out["points"] for c in COLUMNS)
 
 
+def test_an_arm_without_the_controller_keeps_null_ewma():
+    columns = {**_columns(4), "ewma": [None] * 4}
+    assert compact(columns)["ewma"] == [None] * 4
+
+
 def test_compact_rejects_bad_input():
     with pytest.raises(ValueError, match="max_points"):
         compact(_columns(3), max_points=0)

@@ -98,7 +98,8 @@ def compact(columns: dict, max_points: int = MAX_POINTS) -> dict:
         end = min(n, start + size)
         out["step"].append(columns["step"][start])
         out["t_s"].append(round(columns["t_s"][start], 6))
-        out["ewma"].append(round(columns["ewma"][end - 1], 6))
+        ewma = columns["ewma"][end - 1]  # None where the arm does not run the adaptive controller
+        out["ewma"].append(None if ewma is None else round(ewma, 6))
         out["draft_length"].append(columns["draft_length"][end - 1])
         for name in ("drafted", "accepted", "tokens_stopped", "checks"):
             values = columns[name][start:end]
