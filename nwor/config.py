@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from nwor import controller_fields
 from nwor.errors import ConfigError
 from nwor.ncu_argv import REPLAY_MODES as NCU_REPLAY_MODES
 from nwor.ncu_metrics import NCU_METRICS
@@ -84,14 +85,9 @@ class RunSpec:
     adaptive_draft_length: bool = False
     draft_length_options: tuple[int, ...] | None = None
     confidence_threshold: float = 0.0
-    # Weight of the adaptive controller's acceptance EWMA; the fork fixes 0.1, any other value is nwor's
-    # extension (a plugin setting: arms differing only in it share an engine).
+    # The controller's study (nwor.controller_fields, docs/controller.md); alpha 0.1 is the fork's.
     ewma_alpha: float = 0.1
-    # A shifting workload (nwor.shift): parts visited in order over the measured rounds, equal shares, each
-    # {prompt_set, temperature (optional: the run's)}; empty: every batch uses prompt_set and temperature.
     prompt_shift: tuple = ()
-    # vLLM's synthetic rejection sampling pinned at this per-token acceptance a (unconditional rate of
-    # position i = a^(i+1)); None: real verification. GPU builds only (nwor.synthetic).
     synthetic_acceptance_rate: float | None = None
     feature_impl: str = "auto"  # auto: the engine's own if it has the feature, else nwor's plugin
     ncu: bool = False
@@ -119,9 +115,7 @@ class RunSpec:
         # process of its own, whatever a profile prefers for single-rank offline runs.
         if self.serving or self.tensor_parallel_size != 1:
             object.__setattr__(self, "engine_in_process", False)
-        if isinstance(self.prompt_shift, (list, tuple)):
-            object.__setattr__(self, "prompt_shift", tuple(dict(p) if isinstance(p, dict) else p
-                                                           for p in self.prompt_shift))
+        controller_fields.freeze(self)
         _validate(self)
 
     def to_dict(self) -> dict:
@@ -129,8 +123,7 @@ class RunSpec:
         for name in ("ncu_metrics", "draft_length_options"):
             if data[name] is not None:
                 data[name] = list(data[name])
-        data["arms"] = [dict(a) for a in self.arms]
-        data["prompt_shift"] = [dict(p) for p in self.prompt_shift]
+        data["arms"], data["prompt_shift"] = [dict(a) for a in self.arms], [dict(p) for p in self.prompt_shift]
         return data
 
     def __hash__(self) -> int:
@@ -160,14 +153,10 @@ def hash_params(spec: dict) -> str:
     """The resume key of a resolved spec (as stored in a result's `spec`); ncu settings count only with ncu on,
     serving settings only for serving runs (so offline results stay done when serving fields are added)."""
     data = spec if spec.get("ncu") else {k: v for k, v in spec.items() if not k.startswith("ncu_")}
-    # Controller fields at their defaults count as absent: results made before they existed stay done.
-    data = {k: v for k, v in data.items() if not (k in _CONTROLLER_DEFAULTS and v == _CONTROLLER_DEFAULTS[k])}
+    data = controller_fields.without_defaults(data)  # results made before those fields existed stay done
     if data.get("serve_max_concurrency") is None:
         data = {k: v for k, v in data.items() if not k.startswith("serve_")}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-_CONTROLLER_DEFAULTS = {"ewma_alpha": 0.1, "prompt_shift": [], "synthetic_acceptance_rate": None}
 
 
 def _check(ok: bool, name: str, message: str, value) -> None:
@@ -263,32 +252,7 @@ def _validate(spec: RunSpec) -> None:
             _check(Path(model).expanduser().is_dir(), name, "no such local model folder", model)
             _check((Path(model).expanduser() / "config.json").is_file(), name,
                    "not a model folder (no config.json in it)", model)
-    _check(_is_number(spec.ewma_alpha) and 0 < spec.ewma_alpha <= 1, "ewma_alpha", "must be in (0, 1]",
-           spec.ewma_alpha)
-    rate = spec.synthetic_acceptance_rate
-    _check(rate is None or (_is_number(rate) and 0 <= rate <= 1), "synthetic_acceptance_rate",
-           "must be None or in [0, 1]", rate)
-    if rate is not None:
-        _check(spec.speculative, "synthetic_acceptance_rate", "needs speculative decoding (method eagle or ngram)",
-               rate)
-    _validate_shift(spec)
     _validate_arms(spec)
-
-
-def _validate_shift(spec: RunSpec) -> None:
-    """Each part names a prompt set (and may set a temperature); every part gets at least one measured round."""
-    for part in spec.prompt_shift:
-        _check(isinstance(part, dict) and isinstance(part.get("prompt_set"), str) and bool(part["prompt_set"]),
-               "prompt_shift", "each part must be a mapping with a prompt_set", part)
-        unknown = sorted(set(part) - {"prompt_set", "temperature"})
-        _check(not unknown, "prompt_shift", f"unknown key {unknown[0] if unknown else ''!r} in a part", part)
-        if "temperature" in part:
-            _check(_is_number(part["temperature"]) and part["temperature"] >= 0, "prompt_shift",
-                   "a part's temperature must be >= 0", part)
-    if spec.prompt_shift:
-        _check(spec.measured_batches >= len(spec.prompt_shift), "prompt_shift",
-               f"{len(spec.prompt_shift)} parts need measured_batches >= {len(spec.prompt_shift)}",
-               [dict(p) for p in spec.prompt_shift])
 
 
 def _validate_arms(spec: RunSpec) -> None:
