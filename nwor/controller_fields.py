@@ -56,6 +56,7 @@ def validate(spec, check=_check) -> None:
             check(_number(part["temperature"]) and part["temperature"] >= 0, "prompt_shift",
                   "a part's temperature must be >= 0", part)
     if spec.prompt_shift:  # every part gets at least one measured round
-        check(isinstance(spec.measured_batches, int) and spec.measured_batches >= len(spec.prompt_shift), "prompt_shift",
+        enough = isinstance(spec.measured_batches, int) and spec.measured_batches >= len(spec.prompt_shift)
+        check(enough, "prompt_shift",
               f"{len(spec.prompt_shift)} parts need measured_batches >= {len(spec.prompt_shift)}",
               [dict(p) for p in spec.prompt_shift])

@@ -52,9 +52,8 @@ def plot_trajectory(traces: pd.DataFrame, run_id: str | None = None) -> plt.Figu
     bottom.set(xlabel="engine step (the arm's own, measured batches)", ylabel="chosen draft length",
                yticks=sorted(data.draft_length.dropna().unique()))
     parts = ", ".join(str(p) for p in first.drop_duplicates("part").part.dropna().astype(int))
-    fig.suptitle(f"Controller trajectory: {run_id}, instance {int(data.instance.min())}"
-                 + (f"; parts {parts} (dotted: shifts; settling band ±max({BAND}, 2 × noise))" if len(shifts) else ""),
-                 fontsize=11)
+    note = f"; parts {parts} (dotted: shifts; settling band ±max({BAND}, 2 × noise))" if len(shifts) else ""
+    fig.suptitle(f"Controller trajectory: {run_id}, instance {int(data.instance.min())}{note}", fontsize=11)
     fig.tight_layout()
     return fig
 
