@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from nwor import controller_fields
 from nwor.errors import ConfigError
 from nwor.ncu_argv import REPLAY_MODES as NCU_REPLAY_MODES
 from nwor.ncu_metrics import NCU_METRICS
@@ -25,7 +26,7 @@ ARM_EXTRA_KEYS = ("name", "load_plugin", "label")
 ARM_FIXED_FIELDS = ("run_id", "grid", "profile", "workload_number", "workload_name", "measured_batches",
                     "warmup_batches", "warmup_max_batches", "warmup_window", "warmup_tolerance",
                     "engine_instances", "arms", "arm_design", "ncu", "ncu_metrics", "ncu_mode",
-                    "ncu_replay_mode", "ncu_timeout_s", "seed")
+                    "ncu_replay_mode", "ncu_timeout_s", "seed", "prompt_shift")
 DEFAULT_NCU_METRICS = NCU_METRICS  # the project's one list (nwor/ncu_metrics.py)
 # Model names that resolve to the locally built tiny pair (nwor.tiny).
 TINY_TARGET, TINY_DRAFT = "tiny", "tiny-eagle"
@@ -86,6 +87,10 @@ class RunSpec:
     draft_length_options: tuple[int, ...] | None = None
     num_speculative_tokens_per_batch_size: tuple | str | None = None  # Dynamic SD: [[start, end, K]] or "tuned"
     confidence_threshold: float = 0.0
+    # The controller's study (nwor.controller_fields, docs/controller.md); alpha 0.1 is the fork's.
+    ewma_alpha: float = 0.1
+    prompt_shift: tuple = ()
+    synthetic_acceptance_rate: float | None = None
     feature_impl: str = "auto"  # auto: the engine's own if it has the feature, else nwor's plugin
     ncu: bool = False
     ncu_metrics: tuple[str, ...] = DEFAULT_NCU_METRICS
@@ -114,6 +119,7 @@ class RunSpec:
         # process of its own, whatever a profile prefers for single-rank offline runs.
         if self.serving or self.tensor_parallel_size != 1:
             object.__setattr__(self, "engine_in_process", False)
+        controller_fields.freeze(self)
         _validate(self)
 
     def to_dict(self) -> dict:
@@ -121,7 +127,7 @@ class RunSpec:
         for name in ("ncu_metrics", "draft_length_options"):
             if data[name] is not None:
                 data[name] = list(data[name])
-        data["arms"] = [dict(a) for a in self.arms]
+        data["arms"], data["prompt_shift"] = [dict(a) for a in self.arms], [dict(p) for p in self.prompt_shift]
         data[SCHEDULE] = [list(e) for e in data[SCHEDULE]] if isinstance(data[SCHEDULE], tuple) else data[SCHEDULE]
         return data
 
@@ -152,6 +158,7 @@ def hash_params(spec: dict) -> str:
     """The resume key of a resolved spec (as stored in a result's `spec`); ncu settings count only with ncu on,
     serving settings only for serving runs (so offline results stay done when serving fields are added)."""
     data = spec if spec.get("ncu") else {k: v for k, v in spec.items() if not k.startswith("ncu_")}
+    data = controller_fields.without_defaults(data)  # results made before those fields existed stay done
     if data.get("serve_max_concurrency") is None:
         data = {k: v for k, v in data.items() if not k.startswith("serve_")}
     data = {k: v for k, v in data.items() if k != SCHEDULE or v is not None}  # unset: older results stay done

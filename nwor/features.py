@@ -201,6 +201,10 @@ def plan_features(spec: RunSpec, cap: Capability, *, stats_path: str | None = No
                                  f"{DYNAMIC_SD})", run_id=spec.run_id, feature="dynamic_sd")
     wanted = {ADAPTIVE: spec.adaptive_draft_length, EARLY_EXIT: spec.confidence_threshold > 0}
     impl = {f: (_provider(f, spec, cap) if on else "off") for f, on in wanted.items()}
+    if impl[ADAPTIVE] == "native" and spec.ewma_alpha != 0.1:
+        raise FeatureUnavailable(f"run {spec.run_id}: the fork's controller fixes ewma_alpha at 0.1 (another value "
+                                 "is nwor's extension): set feature_impl plugin", run_id=spec.run_id,
+                                 feature=ADAPTIVE)
     env: dict[str, str] = {}
     if cap.engine_fixes:
         from nwor.plugin import cpu_fixes
@@ -225,6 +229,10 @@ def plan_features(spec: RunSpec, cap: Capability, *, stats_path: str | None = No
             spec.confidence_threshold if impl[EARLY_EXIT] == "native" else 0.0)
     if "draft_length_options" in cap.spec_config_fields and spec.draft_length_options and impl[ADAPTIVE] == "native":
         speculative_config["draft_length_options"] = list(spec.draft_length_options)
+    if spec.synthetic_acceptance_rate is not None:
+        from nwor import synthetic
+
+        speculative_config.update(synthetic.speculative_fields(spec, cap))  # refuses where the build cannot
     if PLUGIN_LABEL in impl.values():
         from nwor.plugin import ENV_VAR, PluginConfig
 
@@ -232,6 +240,7 @@ def plan_features(spec: RunSpec, cap: Capability, *, stats_path: str | None = No
             adaptive_draft_length=impl[ADAPTIVE] == PLUGIN_LABEL,
             draft_length_options=spec.draft_length_options,
             confidence_threshold=spec.confidence_threshold if impl[EARLY_EXIT] == PLUGIN_LABEL else 0.0,
+            ewma_alpha=spec.ewma_alpha,
             stats_path=stats_path,
         ).to_json()
     return FeaturePlan(impl=impl, env=env, speculative_config=speculative_config, engine_kwargs=engine_kwargs)

@@ -19,7 +19,8 @@ GRID_KEYS = {"grid", "run_id", "fixed", "axes", "workloads", "baseline"}
 BASELINES = ("features_off",)
 # Grids that run only when named (`nwor run serving_grid`), never under "all": each serving run starts a
 # server per arm and instance, which would more than double the smoke suite.
-OPT_IN_GRIDS = ("serving_grid", "controls_grid")  # controls_grid: ~10 engine groups per workload (issue 14)
+# controls_grid: ~10 engine groups per workload (issue 14); controller_grid: GPU-only synthetic-acceptance runs
+OPT_IN_GRIDS = ("serving_grid", "controls_grid", "controller_grid")
 PROFILE_KEYS = {"description", "set", "scale", "cap", "prompt_sets", "estimate_s_per_run"}
 # Keys a workload may carry besides RunSpec fields: `id` feeds the run-id template, `note` documents.
 WORKLOAD_EXTRA_KEYS = {"id", "note", "suffix"}
@@ -122,12 +123,22 @@ def _apply_profile(values: dict, profile: Profile) -> dict:
     for name, bound in profile.cap.items():
         if name in out:
             out[name] = min(out[name], bound)
-    prompt_set = out.get("prompt_set")
-    if prompt_set and ":" not in prompt_set and not prompt_set.startswith(("/", ".")):
-        if prompt_set not in profile.prompt_sets:
-            raise ConfigError(f"profile {profile.name}: no source for prompt set {prompt_set!r}")
-        out["prompt_set"] = profile.prompt_sets[prompt_set]
+    if out.get("prompt_set"):
+        out["prompt_set"] = _prompt_source(out["prompt_set"], profile)
+    if out.get("prompt_shift"):  # a shifting workload's parts name prompt sets the same way
+        out["prompt_shift"] = [{**part, "prompt_set": _prompt_source(part["prompt_set"], profile)}
+                               if isinstance(part, dict) and isinstance(part.get("prompt_set"), str) else part
+                               for part in out["prompt_shift"]]
     return out
+
+
+def _prompt_source(prompt_set: str, profile: Profile) -> str:
+    """A grid's prompt-set name (chat, code, creative) as the profile's source; sources pass through."""
+    if ":" in prompt_set or prompt_set.startswith(("/", ".")):
+        return prompt_set
+    if prompt_set not in profile.prompt_sets:
+        raise ConfigError(f"profile {profile.name}: no source for prompt set {prompt_set!r}")
+    return profile.prompt_sets[prompt_set]
 
 
 def expand(name: str, profile: Profile, *, overrides: dict | None = None,

@@ -13,16 +13,16 @@ import random
 import time
 from dataclasses import dataclass, replace
 
-from nwor import bench, provenance
+from nwor import bench, provenance, shift
 from nwor import metrics as m
 from nwor.config import RunSpec
+from nwor.controller_trace import fetch_traces
 from nwor.models import resolve_models
 from nwor.design import (RUN_ARM, Arm, arms_of, balanced_rounds, design_name, design_seed, group_arms,
                          instance_order, plugin_config)
 from nwor.engine import engine_speculation, release_engine, start_engine
 from nwor.errors import FeatureUnavailable
 from nwor.features import Capability, FeaturePlan, plan_features
-from nwor.prompts import prompts_for
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,9 @@ def _configurer(llm, plugin_loaded: bool):
         return None
     from nwor import plugin
 
-    def configure(arm_spec: RunSpec) -> None:
-        plugin.configure(llm, plugin_config(arm_spec), keep_controller=True)
+    def configure(arm_spec: RunSpec, trace_label: str | None = None, segment: dict | None = None) -> None:
+        plugin.configure(llm, plugin_config(arm_spec), keep_controller=True, trace_label=trace_label,
+                         segment=segment)
     return configure
 
 
@@ -135,12 +136,12 @@ def run_instances(spec: RunSpec, design: Design, *, profile_region: bool = False
 
     Each record is the replicate of the result JSON plus private keys (leading "_") that collect_arm reads.
     """
-    loaded: dict[tuple, list[str]] = {}  # arms share their prompt set: load it once (hf: sets download)
-    prompts = {}
+    loaded: dict[tuple, list] = {}  # arms share their prompt sets: load them once (hf: sets download)
+    prompts = {}  # arm -> prompts of each workload part (nwor.shift; one part without a shift)
     for name, arm in design.arms.items():
         a = arm.spec
-        key = (a.prompt_set, a.prompt_min_chars, a.prompt_max_chars, a.prompt_shuffle_seed)
-        prompts[name] = loaded[key] if key in loaded else loaded.setdefault(key, prompts_for(a))
+        key = (a.prompt_set, repr(a.prompt_shift), a.prompt_min_chars, a.prompt_max_chars, a.prompt_shuffle_seed)
+        prompts[name] = loaded[key] if key in loaded else loaded.setdefault(key, shift.load_part_prompts(a))
     counts: dict[str, int] = {}  # measured batches so far per arm, across instances: the seed's batch index
     records, set_keys = [], set()
     for inst in design.instances:
@@ -170,8 +171,12 @@ def _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_r
             configure(design.arms[RUN_ARM].spec)
         engine_conf = engine_speculation(llm)
     run_stats = None  # the plugin's stats after arm "run"'s last batch: its effective config comes from them
-    warmup = bench._warm_up(llm, spec, inst["arms"], {n: (design.arms[n].spec, prompts[n]) for n in inst["arms"]},
-                            configure)
+    warmup = bench._warm_up(llm, spec, inst["arms"], {n: (shift.part_spec(design.arms[n].spec, 0), prompts[n][0])
+                                                      for n in inst["arms"]}, configure)
+    if setup.plugin_loaded:
+        from nwor import plugin
+
+        plugin.reset_traces(llm)  # traces cover the measured batches only
     raw = {n: {} for n in inst["arms"]}
     plugin_totals = {n: None for n in inst["arms"]}
     rows, results, requests = [], [], []
@@ -180,11 +185,13 @@ def _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_r
     for r, rnd in enumerate(inst["rounds"]):
         for name in rnd:
             arm_spec = design.arms[name].spec
+            part = shift.part_of_round(spec, r)
             if configure:
-                configure(arm_spec)
+                configure(arm_spec, trace_label=name, segment={"round": r, "part": part, "batch": counts.get(name, 0)})
             before = m.snapshot(llm)
             batch = counts.get(name, 0)
-            row, reqs = bench._timed_batch(llm, arm_spec, prompts[name], spec.warmup_batches + r, batch)
+            row, reqs = bench._timed_batch(llm, shift.part_spec(arm_spec, part), prompts[name][part],
+                                           spec.warmup_batches + r, batch)
             raw[name] = m.add(raw[name], m.diff(before, m.snapshot(llm)))
             if setup.plugin_loaded:
                 from nwor import plugin
@@ -194,6 +201,7 @@ def _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_r
                 run_stats = stats if name == RUN_ARM else run_stats
             counts[name] = batch + 1
             rows.append({"arm": name, "position": len(rows), "round": r, "prompt_batch": spec.warmup_batches + r,
+                         **({"part": part} if spec.prompt_shift else {}),
                          "latency_s": row["latency_s"], "num_output_tokens": row["num_output_tokens"],
                          "output_tokens_per_s": row["output_tokens_per_s"]})
             if name == RUN_ARM:
@@ -206,8 +214,10 @@ def _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_r
         llm.stop_profile()
     counters = {n: {**m.spec_decode_metrics(raw[n]), "plugin": plugin_totals[n]} for n in inst["arms"]}
     effective = None if engine_conf is None else design.plans[RUN_ARM].effective(engine_conf, run_stats)
+    traces = fetch_traces(llm, inst["arms"], setup.plugin_loaded, setup.plan)
     return {"instance": inst["instance"], "group": inst["group"], "arms": inst["arms"],
             "plugin_loaded": setup.plugin_loaded, "warmup": warmup, "batches": rows, "counters": counters,
+            "controller_trace": traces,
             "_raw": raw, "_plugin": plugin_totals, "_results": results, "_requests": requests,
             "_effective": effective, "_gpu_memory_used_bytes": provenance.gpu_memory_used_bytes()}
 

@@ -136,6 +136,7 @@ _CHANGED = {
     "arms": ({"name": "baseline", "adaptive_draft_length": True},), "arm_design": "engines",
     "serve_max_concurrency": 8, "serve_request_rate": 2.0, "serve_requests_per_slot": 3, "serve_slo_ttft_ms": 500.0,
     "serve_slo_tpot_ms": 50.0, "serve_instances": 2,
+    "ewma_alpha": 0.2, "prompt_shift": ({"prompt_set": "builtin:creative"},), "synthetic_acceptance_rate": 0.5,
 }
 
 

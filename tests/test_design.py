@@ -164,7 +164,8 @@ def test_warmup_max_below_min_is_refused():
 def test_plugin_fields_are_what_configure_can_change():
     from nwor.design import PLUGIN_FIELDS, plugin_config
 
-    assert set(PLUGIN_FIELDS) == {"adaptive_draft_length", "confidence_threshold", "draft_length_options"}
+    assert set(PLUGIN_FIELDS) == {"adaptive_draft_length", "confidence_threshold", "draft_length_options",
+                                  "ewma_alpha"}
     cfg = plugin_config(RunSpec(adaptive_draft_length=True, confidence_threshold=0.3, draft_length_options=[2, 4]))
     assert (cfg.adaptive_draft_length, cfg.confidence_threshold, cfg.draft_length_options) == (True, 0.3, (2, 4))
 

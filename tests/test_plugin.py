@@ -218,6 +218,27 @@ def test_early_exit_counters(engine_runs):
 
 
 @pytest.mark.engine
+def test_controller_trace_books_what_the_counters_count(engine_runs):
+    # Per-step tokens stopped come from a device counter written under the sync check; their sums must be the
+    # plugin's own totals, and a trace has one row per step the stats counted.
+    _, plugin = engine_runs
+    for name, stats in plugin["stats"].items():
+        trace = plugin["traces"][name]
+        assert trace["status"] == "ok" and trace["steps"] == stats["steps"] == trace["points"], name
+        gate = name.startswith("threshold") or name.startswith("both")
+        if gate:
+            assert sum(trace["checks"]) == stats["checks"] and sum(trace["tokens_stopped"]) == stats["tokens_stopped"]
+        else:
+            assert set(trace["tokens_stopped"]) == {None} and set(trace["checks"]) == {None}, name
+        adaptive = name.startswith("adaptive") or name.startswith("both")
+        assert (None not in trace["ewma"]) == adaptive, name
+        if adaptive:
+            booked = sum(a for a in trace["accepted"] if a is not None)
+            assert 0 < booked <= stats["ewma_input"]["accepted"], name
+            assert trace["ewma"][0] == 0.5  # the first step chose from the configured start value
+
+
+@pytest.mark.engine
 def test_configure_resets_state_and_switches_within_one_engine(engine_runs):
     _, plugin = engine_runs
     assert plugin["sync_check"]["sync_check"] is True
@@ -339,13 +360,14 @@ def _drive(mode: str, out_path: str) -> None:
         result["latency_s"] = _timed(llm)  # plugin loaded, features off
         # Every variant runs with the sync check on: a host read in nwor's hook code fails the step.
         result["sync_check"] = plugin.set_sync_check(llm, True)
-        result["outputs_t0"], result["stats"], result["after_configure"] = {}, {}, {}
+        result["outputs_t0"], result["stats"], result["after_configure"], result["traces"] = {}, {}, {}, {}
         for name, (config, temperature) in variants.items():
-            plugin.configure(llm, config)
+            plugin.configure(llm, config, trace_label=name)
             result["after_configure"][name] = plugin.read_stats(llm)
             before = _spec_counters(llm)
             outputs = _generate(llm, temperature)
             result["stats"][name] = plugin.read_stats(llm)
+            result["traces"][name] = plugin.read_trace(llm, name)  # the controller trace of this variant's steps
             after = _spec_counters(llm)
             result["stats"][name]["vllm_delta"] = {k: after[k] - before.get(k, 0) for k in after}
             if temperature == 0.0:

@@ -203,17 +203,44 @@ def reset_stats(llm) -> None:
     _call(llm, "reset")
 
 
-def configure(llm, config: PluginConfig, *, keep_controller: bool = False) -> None:
+def configure(llm, config: PluginConfig, *, keep_controller: bool = False, trace_label: str | None = None,
+              segment: dict | None = None) -> None:
     """Switch a plugin-enabled engine to another config without restarting it (tests, sweeps, arms).
 
     Zeroes the counters. The acceptance EWMA restarts at 0.5, as a fresh engine would, unless
     `keep_controller` is set: then it resumes where this engine last left the same config, so arms that
     alternate by batch each keep their own controller. The engine must have been started with the plugin on.
+    Steps from now on go to the controller trace `trace_label` (e.g. the arm; unchanged when None), and
+    `segment` (a JSON-able mapping, e.g. round, part, batch) marks where a new part of it starts.
     """
     payload = json.loads(config.to_json())
     if keep_controller:
         payload["keep_controller"] = True
+    if trace_label is not None:
+        payload["trace_label"] = trace_label
+    if segment is not None:
+        payload["segment"] = segment
     _call(llm, "configure", payload)
+
+
+def read_trace(llm, label: str, max_points: int | None = None) -> dict:
+    """The controller trace `label` (nwor.plugin.trace: per step EWMA, chosen length, drafted, accepted and
+    stopped tokens, seconds), compacted to at most `max_points` points; the engine then forgets it.
+
+    Returns `{"status": "ok", "steps", "bucket_steps", "points", <columns>, "segments", "dropped_steps",
+    "rule"}`, or `{"status": "empty", "reason"}` when no step was traced under that label.
+
+    Raises:
+        FeatureUnavailable: the plugin is not active in the engine.
+    """
+    from nwor.plugin.trace import MAX_POINTS
+
+    return _call(llm, "trace", {"label": label, "max_points": max_points or MAX_POINTS})
+
+
+def reset_traces(llm) -> None:
+    """Forget every controller trace (e.g. the warm-up's steps)."""
+    _call(llm, "trace_reset")
 
 
 def set_sync_check(llm, on: bool) -> dict:

@@ -236,7 +236,12 @@ def _rpc(wrapper, op: str, payload: dict):
     if op == "configure":
         payload = dict(payload)
         keep_controller = bool(payload.pop("keep_controller", False))
-        return drafter.nwor_configure(PluginConfig(**payload), keep_controller)
+        trace_label, segment = payload.pop("trace_label", None), payload.pop("segment", None)
+        return drafter.nwor_configure(PluginConfig(**payload), keep_controller, trace_label, segment)
+    if op == "trace":
+        return drafter.nwor_trace(str(payload["label"]), int(payload["max_points"]))
+    if op == "trace_reset":
+        return drafter.nwor_trace_reset()
     if op == "sync_check":
         return checks.enable_sync_check(bool(payload["on"]))
     if op == "profile_start":

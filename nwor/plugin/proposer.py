@@ -11,6 +11,11 @@ from nwor.errors import FeatureUnavailable
 from nwor.plugin import PluginConfig
 from nwor.plugin.checks import profiled, region
 from nwor.plugin.confidence import max_softmax
+from nwor.plugin.trace import NO_GATE, NOT_GATED, StepTrace
+
+# Device slots of per-step "rows that ran ungated" counts for the controller trace (int64: 512 KiB).
+TRACE_DEVICE_SLOTS = 65_536
+DEFAULT_TRACE = "default"  # the trace steps go to until `configure` names one
 
 
 def make_proposer_class(base, elastic):
@@ -67,6 +72,13 @@ def make_proposer_class(base, elastic):
             self._nwor_calls = 0  # _sample_draft_tokens calls in this propose (0 = first pass)
             self._nwor_num_drafts = 0
             self._nwor_rows = 0
+            # Controller traces, one per label (arm): host rows, plus a device slot per gated step for the
+            # rows that ran ungated (tokens stopped = checks - ran), read once when a trace is fetched.
+            self._nwor_traces = {DEFAULT_TRACE: StepTrace()}
+            self._nwor_trace = self._nwor_traces[DEFAULT_TRACE]
+            self._nwor_trace_ran = torch.zeros(TRACE_DEVICE_SLOTS, dtype=torch.int64, device=device)
+            self._nwor_trace_slots = 0
+            self._nwor_trace_slot = None
             elastic.DRAFTERS.append(self)
 
         def _nwor_check_supported(self, vllm_config, config) -> None:
@@ -103,6 +115,14 @@ def make_proposer_class(base, elastic):
             self._nwor_gating = gating
             self._nwor_calls = 0
             self._nwor_num_drafts = num_drafts
+            self._nwor_trace_slot = None
+            if gating and self._nwor_trace_slots < TRACE_DEVICE_SLOTS:
+                self._nwor_trace_slot = self._nwor_trace_slots
+                self._nwor_trace_slots += 1
+            slot = (NO_GATE if state.config.confidence_threshold <= 0.0 else
+                    self._nwor_trace_slot if gating else NOT_GATED)
+            # Host values only: the EWMA this length was chosen from (None when it is not maintained).
+            self._nwor_trace.start(state.ewma if state.config.adaptive_draft_length else None, num_drafts, slot)
             try:
                 with profiled("nwor::propose"):
                     return super().propose(num_drafts, *args, **kwargs)
@@ -167,6 +187,10 @@ def make_proposer_class(base, elastic):
                     torch.where(keep, inputs, self._nwor_pad_token, out=inputs)
                     self._nwor_active_count[:rows].add_(keep)
                     self.nwor_state.checks += rows
+                    self._nwor_trace.add_checks(rows)
+                    slot = self._nwor_trace_slot
+                    if slot is not None:
+                        self._nwor_trace_ran[slot:slot + 1].add_(keep.sum())
             return mapping
 
         def prepare_inputs_padded(self, common_attn_metadata, spec_decode_metadata, valid_sampled_tokens_count):
@@ -183,7 +207,9 @@ def make_proposer_class(base, elastic):
                 # Host lists here: vLLM's unpadded path has synchronised already.
                 pairs = zip(num_draft_tokens, sampled_token_ids)
                 kept = [(d, min(len(t) - 1, d)) for d, t in pairs if d > 0 and t]
-                self.nwor_state.observe_acceptance(sum(a for _, a in kept), sum(d for d, _ in kept))
+                accepted, drafted = sum(a for _, a in kept), sum(d for d, _ in kept)
+                self.nwor_state.observe_acceptance(accepted, drafted)
+                self._nwor_trace.observe(accepted, drafted)
             return super().prepare_inputs(common_attn_metadata, sampled_token_ids, num_draft_tokens)
 
         def _nwor_queue_acceptance(self, cu_num_draft_tokens, valid_sampled_tokens_count) -> None:
@@ -208,6 +234,7 @@ def make_proposer_class(base, elastic):
             accepted, drafted = (int(x) for x in self._nwor_pending_view)
             self._nwor_has_pending = False
             self.nwor_state.observe_acceptance(accepted, drafted)
+            self._nwor_trace.observe(accepted, drafted)
 
         # ---- read / reset / switch (RPC) ------------------------------------------------------------------
 
@@ -220,8 +247,35 @@ def make_proposer_class(base, elastic):
             self.nwor_state.reset_counters()
             self._nwor_active_count.zero_()
 
-        def nwor_configure(self, config: PluginConfig, keep_controller: bool = False) -> None:
+        def nwor_trace(self, label: str, max_points: int) -> dict:
+            """The label's trace, compacted (nwor.plugin.trace.compact), and forgotten here."""
+            from nwor.plugin.trace import COMPACTION_RULE, compact
+
+            trace = self._nwor_traces.pop(label, None)
+            if trace is self._nwor_trace:
+                self._nwor_trace = self._nwor_traces.setdefault(DEFAULT_TRACE, StepTrace())
+            if trace is None or not trace.rows:
+                return {"status": "empty", "reason": f"no engine step was traced under {label!r}"}
+            ran = self._nwor_trace_ran[:self._nwor_trace_slots].tolist()  # one host read, outside the hooks
+            columns = trace.steps(lambda i: ran[i] if i < len(ran) else None)
+            return {"status": "ok", **compact(columns, max_points), "dropped_steps": trace.dropped_steps,
+                    "segments": trace.segments, "rule": COMPACTION_RULE}
+
+        def nwor_trace_reset(self) -> None:
+            """Forget every trace (e.g. the warm-up's); the current label keeps recording afresh."""
+            label = next((k for k, v in self._nwor_traces.items() if v is self._nwor_trace), DEFAULT_TRACE)
+            self._nwor_traces = {label: StepTrace()}
+            self._nwor_trace = self._nwor_traces[label]
+            self._nwor_trace_ran.zero_()
+            self._nwor_trace_slots = 0
+
+        def nwor_configure(self, config: PluginConfig, keep_controller: bool = False,
+                           trace_label: str | None = None, segment: dict | None = None) -> None:
             self._nwor_check_supported(self.vllm_config, config)
+            if trace_label is not None:
+                self._nwor_trace = self._nwor_traces.setdefault(trace_label, StepTrace())
+            if segment is not None:
+                self._nwor_trace.mark(segment)
             # Each config's last EWMA, so within-engine arms (ABBA by batch) each keep their own controller
             # as an engine running only that arm would, instead of restarting cold at every batch.
             memory = self.__dict__.setdefault("_nwor_ewma_by_config", {})
