@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -30,14 +29,6 @@ ARM_FIXED_FIELDS = ("run_id", "grid", "profile", "workload_number", "workload_na
 DEFAULT_NCU_METRICS = NCU_METRICS  # the project's one list (nwor/ncu_metrics.py)
 # Model names that resolve to the locally built tiny pair (nwor.tiny).
 TINY_TARGET, TINY_DRAFT = "tiny", "tiny-eagle"
-# Environment overrides the user relies on (the original scripts' variables); read here only.
-ENV_OVERRIDES = {
-    "TARGET_MODEL": "target_model",
-    "DRAFT_MODEL": "draft_model",
-    "TENSOR_PARALLEL_SIZE": "tensor_parallel_size",
-}
-
-
 @dataclass(frozen=True)
 class RunSpec:
     """Everything one run needs; its resolved form is stored in the result and hashed for resume."""
@@ -294,23 +285,3 @@ def spec_from_mapping(values: dict, *, source: str = "parameters") -> RunSpec:
         return RunSpec(**known)
     except TypeError as err:  # wrong types that dataclasses reject before validation
         raise ConfigError(f"{source}: {err}") from None
-
-
-def apply_env_overrides(values: dict, environ=os.environ) -> dict:
-    """Return `values` with TARGET_MODEL / DRAFT_MODEL / TENSOR_PARALLEL_SIZE applied where set.
-
-    Raises:
-        ConfigError: TENSOR_PARALLEL_SIZE is not an integer.
-    """
-    out = dict(values)
-    for var, name in ENV_OVERRIDES.items():
-        raw = environ.get(var)
-        if raw:
-            if name == "tensor_parallel_size":
-                try:
-                    out[name] = int(raw)
-                except ValueError:
-                    raise ConfigError(f"invalid {var}={raw!r}: must be an integer", field=name) from None
-            else:
-                out[name] = raw
-    return out

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from nwor.config import SPEC_FIELDS, RunSpec, apply_env_overrides
+from nwor.config import SPEC_FIELDS, RunSpec
+from nwor.env_overrides import apply_env_overrides
 from nwor.errors import ConfigError
 
 PARAMETERS_DIR = Path(__file__).resolve().parent.parent / "parameters"

@@ -10,7 +10,8 @@ import re
 import pytest
 
 from nwor import errors
-from nwor.config import SPEC_FIELDS, RunSpec, apply_env_overrides, hash_params, spec_from_mapping
+from nwor.config import SPEC_FIELDS, RunSpec, hash_params, spec_from_mapping
+from nwor.env_overrides import apply_env_overrides
 from nwor.errors import ConfigError
 
 
