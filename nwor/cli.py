@@ -155,13 +155,20 @@ def run(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt,
         dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and run nothing"),
         target_model: Optional[str] = TargetOpt, draft_model: Optional[str] = DraftOpt,
         tensor_parallel_size: Optional[int] = TensorParallelOpt, feature_impl: Optional[str] = FeatureImplOpt,
-        outputs: Optional[str] = OutputsOpt):
+        outputs: Optional[str] = OutputsOpt,
+        executor: str = typer.Option("local", "--executor", help="local (one run at a time, here) | ray (runs as "
+                                     "Ray tasks, in parallel; docs/scale_out.md)"),
+        address: Optional[str] = typer.Option(None, "--address", help="with --executor ray: the Ray cluster to "
+                                              "use (default: start a local one)"),
+        local_cpus: Optional[int] = typer.Option(None, "--local-cpus", help="with --executor ray and no --address: "
+                                                 "CPUs of the local cluster (default: all); CPU runs take one each")):
     """Execute each pending run in a fresh kernel (papermill); resumable, one runner per outputs folder."""
     from nwor.engine import check_engine_settings
     from nwor.grid import load_profile
     from nwor.suite import estimate_s, run_state
 
     try:
+        ray_options = _ray_options(executor, address, local_cpus)
         specs = _specs(grids, profile, only, target_model, draft_model, tensor_parallel_size, feature_impl, outputs)
         states = [run_state(s, outputs) for s in specs]
         estimate = estimate_s(states, load_profile(profile).estimate_s_per_run)
@@ -203,12 +210,30 @@ def run(grids: Optional[List[str]] = GridsArg, profile: str = ProfileOpt,
     from nwor.progress import run_with_progress
 
     try:
-        ok = run_with_progress(states, len(todo), estimate, outputs, force, rid, out=out, err=err)
+        ok = run_with_progress(states, len(todo), estimate, outputs, force, rid, out=out, err=err,
+                               ray_options=ray_options)
     except NworError as e:
         _fail(e)
     finally:
         reaper.reap(rid)  # nothing this runner started outlives it, however it ends
     raise typer.Exit(0 if ok else 1)
+
+
+def _ray_options(executor: str, address: str | None, local_cpus: int | None) -> dict | None:
+    """run_suite's executor arguments, or None for the local executor; bad combinations are a ConfigError."""
+    from nwor.ray_suite import EXECUTORS
+
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if executor == "local":
+        if address or local_cpus is not None:
+            raise ConfigError("--address and --local-cpus need --executor ray")
+        return None
+    if address and local_cpus is not None:
+        raise ConfigError("--local-cpus sizes a local Ray cluster; a cluster at --address has its own")
+    if local_cpus is not None and local_cpus < 1:
+        raise ConfigError(f"--local-cpus {local_cpus}: needs at least 1")
+    return {"executor": "ray", "ray_address": address, "ray_local_cpus": local_cpus}
 
 
 @app.command()

@@ -22,8 +22,10 @@ def _on_sigterm(signum, frame):
 
 
 def run_with_progress(states, n_todo: int, estimate: float | None, outputs, force: bool, rid, *, out: Console,
-                      err: Console) -> bool:
+                      err: Console, ray_options: dict | None = None) -> bool:
     """Run the suite under a suite bar and a per-run bar (on `err`); True when every run ended done.
+
+    `ray_options`: run_suite's executor arguments for `--executor ray` (None: the local executor).
 
     Raises:
         typer.Exit: Ctrl-C or SIGTERM (128 + the signal), after saying how many runs remain.
@@ -45,13 +47,16 @@ def run_with_progress(states, n_todo: int, estimate: float | None, outputs, forc
                 started[0] = time.monotonic()
                 bar.reset(run_task, total=estimate or 60, description=state.spec.run_id)
             else:
-                reaper.reap(rid)  # an engine the run's kernel left behind would hold its memory for the next
+                if not ray_options:  # Ray tasks end their own leftovers; the id also marks the other tasks' kernels
+                    reaper.reap(rid)  # an engine the run's kernel left behind would hold its memory for the next
                 results[state.spec.run_id] = state
                 bar.update(run_task, completed=estimate or 60)
                 bar.advance(suite_task)
                 colour = "green" if state.status == "done" else "red"
+                # Ray runs overlap: the time since the last start would be another run's; take the notebook's own.
+                took = state.duration_s if ray_options else time.monotonic() - started[0]
                 bar.console.print(f"[{colour}]{state.status:>8}[/] {state.spec.grid}/{state.spec.run_id} "
-                                  f"({time.monotonic() - started[0]:.0f} s)"
+                                  f"({'?' if took is None else f'{took:.0f}'} s)"
                                   + (f": {state.reason}" if state.reason else ""), highlight=False)
 
         try:
@@ -63,7 +68,8 @@ def run_with_progress(states, n_todo: int, estimate: float | None, outputs, forc
 
             threading.Thread(target=tick, daemon=True).start()
             signal.signal(signal.SIGTERM, _on_sigterm)
-            run_suite([s.spec for s in states], root=outputs, force=force, progress=progress, states=states)
+            run_suite([s.spec for s in states], root=outputs, force=force, progress=progress, states=states,
+                      **(ray_options or {}))
         except KeyboardInterrupt as interrupt:
             left = n_todo - len(results)
             err.print(f"interrupted: {left} runs remain; run the same command to resume")

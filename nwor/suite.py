@@ -200,15 +200,18 @@ def _stopped(err: OSError, spec: RunSpec, root, left: int) -> OutputsUnwritable:
 
 
 def run_suite(specs: list[RunSpec], *, root=None, force: bool = False, progress=None,
-              states: list[RunState] | None = None) -> list[RunState]:
+              states: list[RunState] | None = None, executor: str = "local", ray_address: str | None = None,
+              ray_local_cpus: int | None = None) -> list[RunState]:
     """Execute every run that is not done (or all, with force), each in a fresh kernel; never stop on failure.
 
     `progress(event, state, index, total)` is called around each run for the CLI's display. `states`: the
     runs' states as the caller just read them (`nwor run` shows them first), so each is read once; None
-    reads them here.
+    reads them here. `executor` "ray" runs them as Ray tasks (nwor.ray_suite) on the cluster at
+    `ray_address`, or a local one.
 
     Raises:
         LockHeld: another live runner holds the profile's outputs folder.
+        ConfigError: executor "ray" without Ray installed, or its cluster unreachable.
         OutputsUnwritable: the outputs folder stopped taking writes (full, read-only); the suite stops.
     """
     profiles = {s.profile for s in specs}
@@ -225,6 +228,11 @@ def run_suite(specs: list[RunSpec], *, root=None, force: bool = False, progress=
                 log.write(st.spec, "SKIP", "done with the same parameters")
                 finished.append(st)
         refused = preflight([st.spec for st in todo]) if todo else {}
+        if executor == "ray" and todo:
+            from nwor.ray_suite import run_on_ray
+
+            return finished + run_on_ray(todo, refused, log, root, progress, address=ray_address,
+                                         local_cpus=ray_local_cpus)
         for i, st in enumerate(todo):
             spec = st.spec
             if progress:

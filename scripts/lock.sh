@@ -7,7 +7,7 @@ python=${PYTHON:-python3}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$python" -m venv "$tmp/venv"
-"$tmp/venv/bin/python" -m pip install -q -e '.[cpu,test]'
+"$tmp/venv/bin/python" -m pip install -q -e '.[cpu,ray,test]'
 # The same removal as scripts/setup.sh: PyPI's CUDA builds of these break a CPU torch (see README).
 "$tmp/venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec
 {

@@ -13,10 +13,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q -c requirements/lock-cpu.txt -e '.[cpu,test]'
+.venv/bin/python -m pip install -q -c requirements/lock-cpu.txt -e '.[cpu,ray,test]'
 # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers` and vLLM
 # beside a CPU torch; vLLM's text path does not need them.
 .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
-.venv/bin/python -c "import vllm, nwor, papermill" 2>/dev/null
+.venv/bin/python -c "import vllm, nwor, papermill, ray" 2>/dev/null
 echo "$want" > "$stamp"
 echo "nwor: .venv ready ($(.venv/bin/python -c 'import vllm; print("vLLM", vllm.__version__)'))"

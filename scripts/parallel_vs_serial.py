@@ -1,0 +1,133 @@
+"""Does running a grid in parallel (nwor run --executor ray) change its measurements? Compare two outputs folders.
+
+    python scripts/parallel_vs_serial.py SERIAL_OUTPUTS PARALLEL_OUTPUTS --profile gpu-smoke [--out FILE.json]
+
+Per run id that is ok in both: the latency change % of the parallel run against the serial one (the runs'
+arm "run" batches, engine instances kept apart: nwor.stats.change_ci, unpaired, as two separate runs are),
+judged against the A/A band of engines-interleaved designs (nwor.arms.aa_band, from the A/A runs in the
+serial folder, or --aa-band LOW HIGH). A run agrees when its interval includes 0 or overlaps the band
+(verdict "inside the noise" / "not established"). Also the wall-time ratio parallel / serial, each the span
+from the first START to the last end line of the profile's master log. Exit 0 when every compared run agrees
+and the ratio is at most --max-wall-ratio; 1 otherwise; 2 on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from nwor import stats
+from nwor.analysis import load_profile
+from nwor.arms import NOISE, NOT_ESTABLISHED, Samples, aa_band, calibration, verdict, within_run
+from nwor.suite import MASTER_LOG
+
+AGREE = (NOISE, NOT_ESTABLISHED)
+LINE = re.compile(r"^\[([^\]]+)\] (\S+)\s+\S+/\S+")  # nwor.suite.SuiteLog's line: [stamp] EVENT grid/run_id
+
+
+def wall_s(outputs: Path, profile: str) -> float | None:
+    """Seconds from the first START to the last COMPLETE/ERROR in the profile's master log (None: no runs)."""
+    try:
+        lines = (outputs / profile / MASTER_LOG).read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    stamps = {"START": [], "END": []}
+    for line in lines:
+        m = LINE.match(line)
+        if m and m.group(2) in ("START", "COMPLETE", "ERROR"):
+            when = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+            stamps["START" if m.group(2) == "START" else "END"].append(when)
+    if not stamps["START"] or not stamps["END"]:
+        return None
+    return (max(stamps["END"]) - min(stamps["START"])).total_seconds()
+
+
+def run_latencies(frames) -> dict[str, list[list[float]]]:
+    """run id -> arm "run"'s batch latencies, one list per engine instance, for ok runs."""
+    ok = set(frames.runs[frames.runs.status == "ok"].run_id)
+    batches = frames.arm_batches
+    batches = batches[(batches.arm == "run") & batches.run_id.isin(ok)]
+    return {run_id: [list(g.latency_s) for _, g in rows.groupby("instance")] for run_id, rows in
+            batches.groupby("run_id")}
+
+
+def run_placements(outputs: Path, profile: str) -> dict[str, dict | None]:
+    """run id -> the `placement` block a Ray task recorded (host, GPU ids), None for a local run."""
+    found = {}
+    for path in sorted((outputs / profile).glob("*/*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError:
+            continue  # load_profile already lists unreadable files; placement is display only
+        if isinstance(doc, dict) and "run_id" in doc:
+            found[doc["run_id"]] = doc.get("placement")
+    return found
+
+
+def compare(serial: Path, parallel: Path, profile: str, band=None) -> dict:
+    """The per-run comparison rows, the A/A band used and the wall times."""
+    frames_s, frames_p = load_profile(serial, profile), load_profile(parallel, profile)
+    note = "from --aa-band"
+    if band is None:
+        band, note = aa_band(calibration(within_run(frames_s, Samples(frames_s.arm_batches))), "engines-interleaved")
+    lat_s, lat_p = run_latencies(frames_s), run_latencies(frames_p)
+    placements = run_placements(parallel, profile)
+    rows = []
+    for run_id in sorted(set(lat_s) & set(lat_p)):
+        est = stats.change_ci(lat_s[run_id], lat_p[run_id])
+        said = verdict(est, "lower", band)
+        rows.append({"run_id": run_id, "latency_change_pct": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
+                     "instances": [est.instances_baseline, est.instances_treatment], "method": est.method,
+                     "verdict": said, "agrees": said in AGREE, "placement": placements.get(run_id)})
+    wall = {"serial_s": wall_s(serial, profile), "parallel_s": wall_s(parallel, profile)}
+    ratio = wall["parallel_s"] / wall["serial_s"] if wall["serial_s"] and wall["parallel_s"] is not None else None
+    return {"profile": profile, "aa_band_pct": band, "aa_band_note": note, "rows": rows, "wall": wall,
+            "wall_ratio": ratio, "only_serial": sorted(set(lat_s) - set(lat_p)),
+            "only_parallel": sorted(set(lat_p) - set(lat_s))}
+
+
+def _fmt(x) -> str:
+    return "null" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.1f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("serial", type=Path, help="outputs folder of the serial (local executor) suite")
+    parser.add_argument("parallel", type=Path, help="outputs folder of the parallel (--executor ray) suite")
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--aa-band", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                        help="A/A latency change band in %% (default: from the serial folder's A/A runs)")
+    parser.add_argument("--max-wall-ratio", type=float, default=0.3)
+    parser.add_argument("--out", type=Path, help="write the comparison as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        result = compare(args.serial, args.parallel, args.profile, tuple(args.aa_band) if args.aa_band else None)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"parallel_vs_serial: error: {err}", file=sys.stderr)
+        return 2
+    print(f"A/A band: {result['aa_band_note']}")
+    for r in result["rows"]:
+        where = r["placement"] or {}
+        print(f"{r['run_id']:<48} {_fmt(r['latency_change_pct'])}% [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] "
+              f"{r['verdict']}  gpu {where.get('gpu_ids') if isinstance(where, dict) else None}")
+    agree = sum(r["agrees"] for r in result["rows"])
+    ratio = result["wall_ratio"]
+    print(f"{agree} of {len(result['rows'])} runs agree; wall serial {result['wall']['serial_s']} s, parallel "
+          f"{result['wall']['parallel_s']} s, ratio {'null' if ratio is None else f'{ratio:.2f}'} "
+          f"(target <= {args.max_wall_ratio})")
+    if result["only_serial"] or result["only_parallel"]:
+        print(f"not compared (ok in one folder only): {result['only_serial'] + result['only_parallel']}")
+    if args.out:
+        from nwor.files import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(result, indent=1, default=str) + "\n")
+    ok = result["rows"] and agree == len(result["rows"]) and ratio is not None and ratio <= args.max_wall_ratio
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Tests for scripts/parallel_vs_serial.py on the committed fixture results: a folder against itself agrees
+everywhere, a shifted copy is flagged, and the wall time comes from the master log."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures" / "results"
+SCRIPT = Path(__file__).parent.parent / "scripts" / "parallel_vs_serial.py"
+spec = importlib.util.spec_from_file_location("parallel_vs_serial", SCRIPT)
+pvs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(pvs)
+
+
+def _copy(tmp_path, name, scale=1.0, log=None):
+    root = tmp_path / name
+    shutil.copytree(FIXTURES / "full", root / "full")
+    if scale != 1.0:
+        for path in (root / "full" / "adaptive_grid").glob("*.json"):
+            doc = json.loads(path.read_text())
+            for rep in doc.get("replicates") or []:
+                for batch in rep["batches"]:
+                    batch["latency_s"] *= scale
+            path.write_text(json.dumps(doc))
+    if log:
+        (root / "full" / "master_experiment.log").write_text(log)
+    return root
+
+
+SERIAL_LOG = ("[2026-11-27 10:00:00] START    adaptive_grid/a\n[2026-11-27 10:05:00] COMPLETE adaptive_grid/a 300.0s\n"
+              "[2026-11-27 10:05:00] START    adaptive_grid/b\n[2026-11-27 10:10:00] ERROR    adaptive_grid/b boom\n")
+PARALLEL_LOG = ("[2026-11-27 11:00:00] START    adaptive_grid/a ray task (num_cpus=1, num_gpus=1)\n"
+                "[2026-11-27 11:00:00] START    adaptive_grid/b ray task (num_cpus=1, num_gpus=1)\n"
+                "[2026-11-27 11:02:30] COMPLETE adaptive_grid/b 150.0s\n[2026-11-27 11:02:00] COMPLETE adaptive_grid/a 120.0s\n")
+
+
+def test_wall_time_spans_first_start_to_last_end(tmp_path):
+    assert pvs.wall_s(_copy(tmp_path, "s", log=SERIAL_LOG), "full") == pytest.approx(600.0, abs=1e-9)
+    assert pvs.wall_s(_copy(tmp_path, "p", log=PARALLEL_LOG), "full") == pytest.approx(150.0, abs=1e-9)
+    assert pvs.wall_s(tmp_path / "none", "full") is None
+
+
+def test_identical_folders_agree_and_a_shift_is_flagged(tmp_path):
+    serial = _copy(tmp_path, "s", log=SERIAL_LOG)
+    same = pvs.compare(serial, _copy(tmp_path, "p", log=PARALLEL_LOG), "full", band=(-3.0, 3.0))
+    multi = [r for r in same["rows"] if min(r["instances"]) >= 2]
+    assert multi, "the fixtures should hold runs with two or more engine instances"
+    assert all(r["latency_change_pct"] == pytest.approx(0.0, abs=1e-9) and r["agrees"] for r in multi)
+    assert same["wall_ratio"] == pytest.approx(0.25, abs=1e-9)
+    slower = pvs.compare(serial, _copy(tmp_path, "slow", scale=1.5), "full", band=(-3.0, 3.0))
+    shifted = {r["run_id"]: r for r in slower["rows"]}
+    adaptive = {p.stem for p in (FIXTURES / "full" / "adaptive_grid").glob("*.json")}
+    moved = [shifted[r["run_id"]] for r in multi if r["run_id"] in adaptive]
+    assert moved and all(r["latency_change_pct"] == pytest.approx(50.0, rel=1e-6) and not r["agrees"] for r in moved)
+
+
+def test_main_exit_codes(tmp_path, capsys):
+    serial = _copy(tmp_path, "s", log=SERIAL_LOG)
+    parallel = _copy(tmp_path, "p", log=PARALLEL_LOG)
+    assert pvs.main([str(serial), str(parallel), "--profile", "full", "--aa-band", "-3", "3",
+                     "--max-wall-ratio", "0.2"]) == 1  # 0.25 > 0.2
+    assert pvs.main([str(tmp_path / "missing"), str(parallel), "--profile", "full"]) == 2
+    assert "error: no result JSONs" in capsys.readouterr().err
