@@ -114,8 +114,23 @@ def engine_kwargs(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_reg
     return kwargs
 
 
+def skip_ray_import() -> None:
+    """Make `import ray` fail in this process, as on an install without Ray; call before vLLM is imported.
+
+    vLLM imports Ray at import time when it is installed (the `ray` extra), only to offer its Ray executor,
+    and Ray's import pulls jsonschema's IRI grammar: ~1.5 s of every run kernel on 2 cores. An in-process
+    engine runs vLLM's uniprocess executor, which never uses Ray; vLLM takes the failed import as Ray absent.
+    """
+    sys.modules.setdefault("ray", None)  # type: ignore[arg-type]  # a None entry makes the import fail
+
+
 def start_engine(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_region: bool = False):
-    """Set the plan's switches in this process's environment (the engine inherits them) and build the LLM."""
+    """Set the plan's switches in this process's environment (the engine inherits them) and build the LLM.
+
+    An engine kept from an earlier run of this process (`keep_until_exit`) is released first: one engine
+    at a time.
+    """
+    release_kept()
     os.environ.update(plan.env)
     # Fork would copy a Jupyter kernel's threads (heartbeat, iopub, output capture) into the engine
     # process, which can deadlock it: on an H100 the engine hung at model init when forked from a kernel.
@@ -132,6 +147,11 @@ def start_engine(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_regi
     from vllm import LLM
 
     _write_logging_config()
+    # Everything imported so far lives as long as the process. Frozen, it is skipped by the ~7 full
+    # collections vLLM makes while it profiles memory at start (each walked the millions of import-time
+    # objects: ~2.5 s of an in-process start on 2 cores). vLLM freezes its own heap once the engine is up
+    # (EngineCore.__init__), so the measured batches see the same collector either way.
+    gc.freeze()
     try:
         return LLM(**engine_kwargs(spec, models, plan, profile_region=profile_region))
     except Exception as err:  # vLLM's message says "see root cause above", which went to the log file
@@ -218,6 +238,32 @@ def engine_speculation(llm) -> dict:
             "confidence_threshold": getattr(spec_config, "draft_confidence_threshold", None),
             "dtype": str(getattr(getattr(config, "model_config", None), "dtype", None)),
             "source": "engine"}
+
+
+# Set by `nwor.execute` in the environment of a run kernel that is killed as soon as its notebook ends.
+PROCESS_ENDS_ENV = "NWOR_PROCESS_ENDS_AFTER_RUN"
+_KEPT: list = []  # in-process engines left running for the process's end (keep_until_exit)
+
+
+def process_ends_after_run() -> bool:
+    """True in a run kernel that is killed right after its notebook (nwor.execute sets the variable)."""
+    return os.environ.get(PROCESS_ENDS_ENV) == "1"
+
+
+def keep_until_exit(llm) -> None:
+    """Leave an in-process engine running instead of releasing it: the process ends right after the run.
+
+    Its shutdown (~1.5 s on 2 cores: vLLM unfreezes the heap and collects it three times) would only free
+    memory that the killed kernel frees anyway. The next `start_engine` or a profiling pass (which needs the
+    device) in this process releases it first.
+    """
+    _KEPT.append(llm)
+
+
+def release_kept() -> None:
+    """Release the engines `keep_until_exit` left running in this process, if any."""
+    while _KEPT:
+        release_engine(_KEPT.pop())
 
 
 def release_engine(llm) -> None:

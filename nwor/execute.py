@@ -1,9 +1,12 @@
 """Executing a run's notebook with papermill in a fresh kernel (its paths come from nwor.paths)."""
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 from nwor.config import SPEC_FIELDS, RunSpec
+from nwor.engine import PROCESS_ENDS_ENV
 from nwor.errors import ConfigError, RunFailed, is_refusal
 from nwor.files import use_atomic_notebook_writes
 from nwor.kernel import ipc_kernel_manager_class
@@ -32,6 +35,21 @@ def relative_path(path: Path) -> str:
         return str(path.relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    """These variables set in this process's environment (a kernel started meanwhile inherits them), then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def notebook_path(result_path: str | Path) -> Path:
@@ -75,14 +93,17 @@ def run_notebook(spec: RunSpec, *, root=None, notebook: Path | None = None) -> d
     use_atomic_notebook_writes()  # papermill rewrites the notebook after each cell: a full disk must not tear it
     check_parameters(notebook, (*SPEC_FIELDS, *PATH_PARAMETERS))
     parameters = {**spec.to_dict(), "result_path": result_path, "log_path": log_path}
+    # An in-process engine dies with its kernel: a graceful kernel exit would only wait out vLLM's and torch's
+    # atexit hooks (~3.5 s a smoke run), and measure() need not shut its last engine down (the kernel
+    # inherits PROCESS_ENDS_ENV; nwor.engine.keep_until_exit).
+    immediate = spec.engine_in_process
     try:
         # Relative paths: papermill records them in the executed notebook, which gets shared.
-        papermill.execute_notebook(relative_path(notebook), relative_path(executed), parameters=parameters,
-                                   kernel_name="python3", kernel_manager_class=ipc_kernel_manager_class(),
-                                   # An in-process engine is shut down inside measure(); a graceful kernel exit
-                                   # then only waits out vLLM's and torch's atexit hooks (~3.5 s a smoke run).
-                                   shutdown_kernel="immediate" if spec.engine_in_process else "graceful",
-                                   progress_bar=False, log_output=False, cwd=str(Path.cwd()))
+        with _environment({PROCESS_ENDS_ENV: "1"} if immediate else {}):
+            papermill.execute_notebook(relative_path(notebook), relative_path(executed), parameters=parameters,
+                                       kernel_name="python3", kernel_manager_class=ipc_kernel_manager_class(),
+                                       shutdown_kernel="immediate" if immediate else "graceful",
+                                       progress_bar=False, log_output=False, cwd=str(Path.cwd()))
     except papermill.PapermillExecutionError as err:
         message = f"{err.ename}: {err.evalue}".strip()
         status = "refused" if is_refusal(err.ename) else "failed"

@@ -20,7 +20,7 @@ from nwor.controller_trace import fetch_traces
 from nwor.models import resolve_models
 from nwor.design import (RUN_ARM, Arm, arms_of, balanced_rounds, design_name, design_seed, group_arms,
                          instance_order, plugin_config)
-from nwor.engine import engine_speculation, release_engine, start_engine
+from nwor.engine import engine_speculation, keep_until_exit, process_ends_after_run, release_engine, start_engine
 from nwor.errors import FeatureUnavailable
 from nwor.features import Capability, FeaturePlan, plan_features
 
@@ -156,7 +156,12 @@ def run_instances(spec: RunSpec, design: Design, *, profile_region: bool = False
         engine_start_s = time.perf_counter() - t0
         try:
             record = _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_region, on_batch)
-        finally:
+        except BaseException:
+            release_engine(llm)
+            raise
+        if design.engine_process == "in-process" and inst is design.instances[-1] and process_ends_after_run():
+            keep_until_exit(llm)  # the kernel is killed right after the notebook: its shutdown would be wasted
+        else:
             release_engine(llm)
         record.update(started_utc=started_utc, engine_start_s=engine_start_s, finished_utc=provenance.utc_now())
         records.append(record)

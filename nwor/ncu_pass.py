@@ -10,6 +10,7 @@ from pathlib import Path
 
 from nwor import ncu_read, profile
 from nwor.config import RunSpec
+from nwor.engine import release_kept
 from nwor.errors import NcuNotAvailable, ProfilerError
 from nwor.files import atomic_write_text
 from nwor.ncu_metrics import DRAM_PCT, DRAM_WRITE, GPU_TIME, KV_WRITE_METRICS, LTS_WRITE_SECTORS, SECTOR_BYTES, with_required
@@ -53,6 +54,7 @@ def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
         ncu = profile.find_ncu()  # (path, version)
     except NcuNotAvailable as err:
         return {**profile.unavailable_record(str(err)), "kv_cache_writes": kv_unavailable(str(err))}
+    release_kept()  # a profiled pass starts its own engine: one that measure() left running must not hold the device
     record = _pass(spec, side_paths(result_path), ncu, metrics=with_required(spec.ncu_metrics),
                    replay_mode=spec.ncu_replay_mode)
     if spec.method == "eagle":

@@ -54,9 +54,11 @@ def apply(fixes: tuple[str, ...]) -> None:
     if unknown:
         raise ValueError(f"{ENV_VAR}: unknown fix {unknown[0]!r} (known: {', '.join(KNOWN_FIXES)})")
     if CPU_EXPAND_FLOAT in fixes:
-        from vllm.triton_utils.dispatcher import register_kernels
+        from vllm.triton_utils.dispatcher import _registry, register_kernels
         from vllm.utils import cpu_triton_utils
 
+        if cpu_triton_utils._expand_kernel_impl is expand_into and _registry.get(_KERNEL_NAME, (None, None))[1] is expand_into:
+            return  # applied already in this process (vLLM loads plugins per engine): each apply scans every module, ~0.45 s
         # Patch the attribute (read when the CPU platform registers its table) and the table itself
         # (in case it was registered already).
         cpu_triton_utils._expand_kernel_impl = expand_into
