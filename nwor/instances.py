@@ -98,25 +98,27 @@ def plan_design(spec: RunSpec, cap: Capability) -> Design:
     instances = [{"instance": i, "group": g, "arms": groups[g],
                   "rounds": balanced_rounds(groups[g], spec.measured_batches, rng)}
                  for i, g in enumerate(instance_order(groups, spec.engine_instances, rng))]
-    process, note = _engine_process(spec, setups, cap)
+    process, note = _engine_process(spec, [setups[i["group"]].plugin_loaded for i in instances], cap)
     return Design(design_name(groups), arms, plans, groups, setups, instances, seed, spec.engine_instances,
                   process, note)
 
 
-def _engine_process(spec: RunSpec, setups: list[EngineSetup], cap: Capability) -> tuple[str, str | None]:
+def _engine_process(spec: RunSpec, plugin_loaded: list[bool], cap: Capability) -> tuple[str, str | None]:
     """Where this run's engine cores run, and why an in-process request was declined.
 
-    In-process engines share the kernel's Python state: vLLM loads plugins once per process and nwor's plugin
-    patches vLLM's classes when it installs, so a stock engine after a plugin engine (or the reverse) in one
-    kernel would not be what its arm says. The fork's switches are read by its own code paths, and its older
-    branch schedules no drafts in-process. Such runs keep an engine process of their own.
+    `plugin_loaded`: whether each engine instance, in start order, loads nwor's plugin. In-process engines
+    share the kernel's Python state: nwor's plugin patches vLLM's classes when it installs and cannot be
+    uninstalled, so a stock engine after a plugin engine in one kernel would not be stock. A plugin engine
+    after stock ones is what its arm says (start_engine installs the plugin, which vLLM loads once per
+    process). The fork's switches are read by its own code paths, and its older branch schedules no drafts
+    in-process. Such runs keep an engine process of their own.
     """
     if not spec.engine_in_process:
         return "own", None
     if cap.flavour != "stock":
         return "own", f"in-process declined: the {cap.flavour} build runs its engine core in its own process"
-    if len({s.plugin_loaded for s in setups}) > 1:
-        return "own", "in-process declined: stock and plugin-loaded engines must not share the kernel's process"
+    if any(loaded and not later for i, loaded in enumerate(plugin_loaded) for later in plugin_loaded[i + 1:]):
+        return "own", "in-process declined: a stock engine after a plugin-loaded one must not share its process"
     return "in-process", None
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -179,10 +180,17 @@ def test_in_process_engines_only_where_arms_cannot_leak_into_each_other():
     specs = {s.run_id: s for s in expand_all(["all"], "smoke")}
     adaptive = plan_design(specs["run3_r36_t128_temp0.0_d10_adaptive1"], stock)
     assert (adaptive.engine_process, adaptive.engine_process_note) == ("in-process", None)
-    # Stock and plugin-loaded engines in one run: the plugin patches vLLM's classes in its process.
-    overhead = plan_design(specs["overhead_run1_r36_t128_temp0.0_d10_thresh0.5"], stock)
-    assert overhead.engine_process == "own" and "stock and plugin-loaded" in overhead.engine_process_note
-    assert overhead.to_dict()["engine_process"] == "own"
+    # Stock, then plugin-loaded engines: the plugin installs in the kernel before its engine starts.
+    overhead = specs["overhead_run1_r36_t128_temp0.0_d10_thresh0.5"]
+    design = plan_design(overhead, stock)
+    assert [design.setups[i["group"]].plugin_loaded for i in design.instances] == [False, True]
+    assert (design.engine_process, design.engine_process_note) == ("in-process", None)
+    # A stock engine after a plugin-loaded one (ABBA over two engines each): the plugin's patches cannot be undone.
+    design = plan_design(replace(overhead, engine_instances=2), stock)
+    loaded = [design.setups[i["group"]].plugin_loaded for i in design.instances]
+    assert sorted(loaded) == [False, False, True, True] and loaded != sorted(loaded)
+    assert design.engine_process == "own" and "stock engine after a plugin-loaded" in design.engine_process_note
+    assert design.to_dict()["engine_process"] == "own"
     fork = plan_design(specs["run3_r36_t128_temp0.0_d10_adaptive1"],
                        Capability("0.11.1", "cpu", "nwor-fork", plugin_supported=False,
                                   adaptive_env="VLLM_NWOR_ADAPTIVE_DRAFT_LENGTH"))
