@@ -18,7 +18,7 @@ from nwor import metrics as m
 from nwor import provenance
 from nwor.config import RunSpec, spec_from_mapping
 from nwor.design import RUN_ARM, WarmupRule
-from nwor.engine import quiet_streams, route_vllm_logs, skip_ray_import
+from nwor.engine import process_ends_after_run, quiet_streams, route_vllm_logs, skip_ray_import
 from nwor.errors import NworError
 from nwor.features import detect_capability, plan_features
 from nwor.models import resolve_models
@@ -133,8 +133,8 @@ def _measure(spec: RunSpec, log_path, profile_region: bool, on_batch) -> dict:
     from nwor.instances import collect_arm, plan_design, public, run_instances
 
     started = provenance.utc_now()
-    if spec.engine_in_process:
-        skip_ray_import()  # before detect_capability imports vLLM
+    if spec.engine_in_process and process_ends_after_run():
+        skip_ray_import()  # a run kernel's in-process engine never uses Ray; before detect_capability imports vLLM
     cap = detect_capability()
     plan_features(spec, cap)  # refuses before any engine starts (e.g. Dynamic SD on a build without it)
     # A "tuned" Dynamic SD schedule comes from the static-K sweep results beside this run's (the result keeps

@@ -120,6 +120,7 @@ def skip_ray_import() -> None:
     vLLM imports Ray at import time when it is installed (the `ray` extra), only to offer its Ray executor,
     and Ray's import pulls jsonschema's IRI grammar: ~1.5 s of every run kernel on 2 cores. An in-process
     engine runs vLLM's uniprocess executor, which never uses Ray; vLLM takes the failed import as Ray absent.
+    Only for processes that end after their run (`process_ends_after_run`): Ray stays unimportable here.
     """
     sys.modules.setdefault("ray", None)  # type: ignore[arg-type]  # a None entry makes the import fail
 
