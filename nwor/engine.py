@@ -148,11 +148,13 @@ def start_engine(spec: RunSpec, models: dict, plan: FeaturePlan, *, profile_regi
     from vllm import LLM
 
     _write_logging_config()
-    # Everything imported so far lives as long as the process. Frozen, it is skipped by the ~7 full
-    # collections vLLM makes while it profiles memory at start (each walked the millions of import-time
-    # objects: ~2.5 s of an in-process start on 2 cores). vLLM freezes its own heap once the engine is up
-    # (EngineCore.__init__), so the measured batches see the same collector either way.
-    gc.freeze()
+    if spec.engine_in_process:
+        # Everything imported so far lives as long as the process. Frozen, it is skipped by the ~7 full
+        # collections vLLM makes in this process while it profiles memory at start (each walked the millions
+        # of import-time objects: ~2.5 s of a start on 2 cores). vLLM's engine core freezes the heap itself
+        # once it is up and unfreezes it at shutdown, so the measured batches see the same collector either
+        # way. An engine in its own process collects there: nothing to gain here.
+        gc.freeze()
     try:
         return LLM(**engine_kwargs(spec, models, plan, profile_region=profile_region))
     except Exception as err:  # vLLM's message says "see root cause above", which went to the log file
