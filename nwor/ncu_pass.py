@@ -28,6 +28,11 @@ CACHE_CONTROL = "all"
 # nwor puts around the drafter's propose (nwor/plugin/nvtx.py).
 KV_KERNEL_FILTER = "regex:reshape_and_cache"
 KV_BATCHES = 1
+# Kernel replay costs ~0.27 s per KV writer on an H100 (measured 2026-11-27): one 36 x 128-token batch of the
+# 8B-shaped target launches ~3,500 writers (32 target layers + 10 drafter positions a step), over 15 min. The
+# sub-pass therefore generates at most 32 tokens a request (~900 writers, ~4 min); its window counters
+# (tokens stopped, checks) are that batch's own, so the bytes cross-check still holds.
+KV_MAX_NEW_TOKENS = 32
 
 
 def side_paths(result_path: str | Path, tag: str = "ncu") -> NcuPaths:
@@ -58,13 +63,18 @@ def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
     record = _pass(spec, side_paths(result_path), ncu, metrics=with_required(spec.ncu_metrics),
                    replay_mode=spec.ncu_replay_mode)
     if spec.method == "eagle":
-        sub = dataclasses.replace(spec, measured_batches=min(spec.measured_batches, KV_BATCHES))
-        kv = _pass(sub, side_paths(result_path, "ncu-kv"), ncu, metrics=KV_WRITE_METRICS, replay_mode="kernel",
+        kv = _pass(kv_sub_spec(spec), side_paths(result_path, "ncu-kv"), ncu, metrics=KV_WRITE_METRICS, replay_mode="kernel",
                    kernel_name=KV_KERNEL_FILTER, nvtx=True, env={**os.environ, nvtx.ENV_VAR: "1"})
         record["kv_cache_writes"] = kv_summary(kv)
     else:
         record["kv_cache_writes"] = kv_unavailable(f"method {spec.method!r} has no drafter KV cache", status="off")
     return record
+
+
+def kv_sub_spec(spec: RunSpec) -> RunSpec:
+    """The KV-write sub-pass's workload: the run's, cut to `KV_BATCHES` batch of at most `KV_MAX_NEW_TOKENS`."""
+    return dataclasses.replace(spec, measured_batches=min(spec.measured_batches, KV_BATCHES),
+                               max_new_tokens=min(spec.max_new_tokens, KV_MAX_NEW_TOKENS))
 
 
 def _pass(spec: RunSpec, paths: NcuPaths, ncu: tuple[str, str], **options) -> dict:
@@ -91,6 +101,7 @@ def _pass(spec: RunSpec, paths: NcuPaths, ncu: tuple[str, str], **options) -> di
                                    "mean_latency_s": profiled["metrics"]["mean_latency_s"],
                                    "num_draft_tokens": profiled["metrics"]["num_draft_tokens"],
                                    "measured_batches": spec.measured_batches,
+                                   "max_new_tokens": spec.max_new_tokens,
                                    # The early-exit counters of this pass's own window, to check bytes against.
                                    "tokens_stopped": (profiled.get("early_exit") or {}).get("tokens_stopped"),
                                    "checks": (profiled.get("early_exit") or {}).get("checks")}

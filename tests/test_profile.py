@@ -4,6 +4,7 @@ There is no GPU here, so a small script stands in for ncu; it follows ncu's --lo
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import pickle
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nwor import profile
+from nwor import ncu_pass, profile
 from nwor.errors import ConfigError, NcuNotAvailable, ProfilerError
 
 needs_ncu_report = pytest.mark.skipif(importlib.util.find_spec("ncu_report") is None,
@@ -315,3 +316,13 @@ def test_ncu_pass_writes_its_summary_beside_a_dotted_run_id(tmp_path, ncu_fixtur
     paths.report.unlink()
     where, why = ncu_pass.write_summary(paths)  # no report: no summary, and the reason instead
     assert where is None and why
+
+
+def test_kv_sub_pass_cuts_the_workload_to_one_short_batch():
+    from nwor.grid import expand, load_profile
+    spec = next(s for s in expand("early_exit_grid", load_profile("gpu-smoke")) if s.confidence_threshold == 0.5)
+    sub = ncu_pass.kv_sub_spec(spec)
+    assert (sub.measured_batches, sub.max_new_tokens) == (1, ncu_pass.KV_MAX_NEW_TOKENS)
+    assert (sub.num_requests, sub.confidence_threshold, sub.run_id) == (spec.num_requests, 0.5, spec.run_id)
+    short = ncu_pass.kv_sub_spec(dataclasses.replace(spec, max_new_tokens=16))
+    assert short.max_new_tokens == 16  # never longer than the run's own batches
