@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nwor import stats
+
 SWEEP_COLUMNS = ["arm", "instance", "concurrency", "completed", "duration_s", "output_tokens_per_s",
                  "request_goodput_per_s", "p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms",
                  "p50_itl_ms", "p50_e2el_ms", "p99_e2el_ms", "draft_acceptance_rate", "mean_acceptance_length"]
 # Metrics where a smaller value is better: the figure says so, a negative effect is then an improvement.
 LOWER_IS_BETTER = ("_ms", "duration_s")
-BOOTSTRAP_RESAMPLES = 2000
-CONFIDENCE = 0.95
 
 
 def sweep_frame(docs: list[dict]) -> pd.DataFrame:
@@ -52,22 +52,21 @@ def load_sweeps(folder: str | Path) -> pd.DataFrame:
     return sweep_frame(docs)
 
 
-def _interval(run: np.ndarray, base: np.ndarray, rng: np.random.Generator) -> tuple[float | None, float | None]:
-    """Percentile bootstrap of mean(run)/mean(base) - 1, resampling instances within each arm."""
-    if len(run) < 2 or len(base) < 2:
+def _interval(run: np.ndarray, base: np.ndarray, seed: int) -> tuple[float | None, float | None]:
+    """The instance-aware interval of mean(run)/mean(base) - 1 (`nwor.stats.change_ci`: server instances
+    resampled, Student-t scaled on instance means), as every nwor verdict uses; None with < 2 servers an arm."""
+    if len(run) < stats.MIN_INSTANCES or len(base) < stats.MIN_INSTANCES:
         return None, None
-    r = rng.choice(run, size=(BOOTSTRAP_RESAMPLES, len(run))).mean(axis=1)
-    b = rng.choice(base, size=(BOOTSTRAP_RESAMPLES, len(base))).mean(axis=1)
-    ratios = r[b != 0] / b[b != 0] - 1
-    tail = (1 - CONFIDENCE) / 2 * 100
-    return float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
+    estimate = stats.change_ci([[value] for value in base], [[value] for value in run], seed=seed)
+    return estimate.ci_low / 100, estimate.ci_high / 100
 
 
 def effect_vs_load(frame: pd.DataFrame, metric: str = "output_tokens_per_s", seed: int = 0) -> pd.DataFrame:
     """The run arm's relative difference from the baseline arm at each load point of each run.
 
     `effect` = mean over run-arm instances / mean over baseline instances - 1 (null when the baseline
-    mean is 0 or missing); `low`/`high` a 95 % bootstrap interval over instances (null with fewer than 2
+    mean is 0 or missing); `low`/`high` its 95 % interval over server instances (`nwor.stats.change_ci`,
+    `stats.HIERARCHICAL`; null with fewer than 2
     instances per arm); `sign_change` is True at the first load point whose effect has the other sign
     than the previous point's.
 
@@ -76,7 +75,6 @@ def effect_vs_load(frame: pd.DataFrame, metric: str = "output_tokens_per_s", see
     """
     if metric not in frame.columns:
         raise KeyError(f"no metric {metric!r} in the sweep frame (columns: {', '.join(frame.columns)})")
-    rng = np.random.default_rng(seed)
     rows = []
     for (run_id, concurrency), cell in frame.groupby(["run_id", "concurrency"], sort=True):
         run = cell.loc[cell["arm"] == "run", metric].dropna().to_numpy(dtype=float)
@@ -84,7 +82,7 @@ def effect_vs_load(frame: pd.DataFrame, metric: str = "output_tokens_per_s", see
         run_mean = float(run.mean()) if len(run) else None
         base_mean = float(base.mean()) if len(base) else None
         effect = run_mean / base_mean - 1 if run_mean is not None and base_mean else None
-        low, high = _interval(run, base, rng) if effect is not None else (None, None)
+        low, high = _interval(run, base, seed) if effect is not None else (None, None)
         rows.append({"run_id": run_id, "workload": cell["workload"].iloc[0], "aa": bool(cell["aa"].iloc[0]),
                      "concurrency": int(concurrency), "metric": metric, "run": run_mean,
                      "baseline": base_mean, "effect": effect, "low": low, "high": high,
