@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One GPU's queue of commands, run in order and detached from the device call, on a multi-GPU host.
+#   setsid nohup bash scripts/gpu_queue.sh GPU QUEUE_FILE LOG_DIR > /dev/null 2>&1 < /dev/null &
+# Each line of QUEUE_FILE is one command (run with bash -c from the repository root). The queue gets GPU
+# GPU alone, its own vLLM compile cache and its own temp folder: queues then share neither compile-cache
+# writes nor ncu's lock file (kept in the temp folder), so ncu passes on different GPUs do not wait for each
+# other. LOG_DIR/qGPU.log gets a START and an EXIT line per command, LOG_DIR/qGPU.out its output.
+set -u
+gpu=$1 queue=$2 logs=$3
+mkdir -p "$logs" "/tmp/nwor-q$gpu/tmp"
+export CUDA_VISIBLE_DEVICES=$gpu VLLM_CACHE_ROOT=/tmp/nwor-q$gpu/vllm TMPDIR=/tmp/nwor-q$gpu/tmp
+while IFS= read -r cmd || [ -n "$cmd" ]; do
+  [ -z "$cmd" ] && continue
+  echo "[$(date -u +%H:%M:%S)] START $cmd" >> "$logs/q$gpu.log"
+  bash -c "$cmd" >> "$logs/q$gpu.out" 2>&1
+  rc=$?  # taken before anything else runs: a command substitution would reset it
+  echo "[$(date -u +%H:%M:%S)] EXIT $rc $cmd" >> "$logs/q$gpu.log"
+done < "$queue"
+echo "[$(date -u +%H:%M:%S)] QUEUE DONE" >> "$logs/q$gpu.log"
