@@ -11,6 +11,7 @@ from nwor import controller_fields
 from nwor.errors import ConfigError
 from nwor.ncu_argv import REPLAY_MODES as NCU_REPLAY_MODES
 from nwor.ncu_metrics import NCU_METRICS
+from nwor.tiny import RECIPES as _TINY_RECIPES
 
 METHODS = ("eagle", "ngram", "none")
 FEATURE_IMPLS = ("auto", "native", "plugin")
@@ -18,6 +19,7 @@ FEATURE_IMPLS = ("auto", "native", "plugin")
 # measuring was never implemented, so the value is refused rather than silently ignored).
 NCU_MODES = ("after",)
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")  # the names vLLM's --dtype accepts
+TINY_MODELS = tuple(_TINY_RECIPES)  # nwor.tiny's named recipes (`tiny_models`)
 ARM_DESIGNS = ("auto", "engines")
 SCHEDULE = "num_speculative_tokens_per_batch_size"  # vLLM's Dynamic SD field (nwor.dynamic_sd)
 # Keys an arm may set besides RunSpec fields; RunSpec fields that name or shape the run itself may not vary.
@@ -212,8 +214,7 @@ def _validate(spec: RunSpec) -> None:
     _check(spec.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}", spec.dtype)
     _check(spec.attention_backend is None or (isinstance(spec.attention_backend, str) and spec.attention_backend),
            "attention_backend", "must be None or a vLLM backend name such as FLASH_ATTN", spec.attention_backend)
-    _check(spec.tiny_models in ("cpu", "gpu", "llama8b-shaped"), "tiny_models", "must be cpu, gpu or llama8b-shaped",
-           spec.tiny_models)
+    _check(spec.tiny_models in TINY_MODELS, "tiny_models", f"must be one of {', '.join(TINY_MODELS)}", spec.tiny_models)
     _check(spec.method in METHODS, "method", f"must be one of {', '.join(METHODS)}", spec.method)
     _check(spec.feature_impl in FEATURE_IMPLS, "feature_impl", f"must be one of {', '.join(FEATURE_IMPLS)}",
            spec.feature_impl)
