@@ -21,9 +21,10 @@ from nwor.results import read_result
 pytestmark = pytest.mark.engine
 
 NWOR = str(Path(sys.executable).with_name("nwor"))
-# A run whose engines keep a process of their own on the smoke profile (stock and plugin-loaded arms; the
-# others run in the kernel's process), as every run does on GPU profiles: the reaper must take it down.
-GRID, RUN = "calibration_grid", "overhead_run1_r36_t128_temp0.0_d10_thresh0.5"
+# A run whose engines keep a process of their own on the smoke profile, as every run does on GPU profiles:
+# the reaper must take it down. Its balanced order starts a stock engine (no speculation) after plugin-loaded
+# ones, which must not share a process (nwor.instances); smoke runs without that run in the kernel's process.
+GRID, RUN = "controls_grid", "controls_run3_r36_t128_temp0.0"
 GONE_WITHIN_S = 10  # "a few seconds": the watchdog's SIGTERM grace (3 s) plus the resource tracker's (2 s)
 
 
