@@ -117,7 +117,7 @@ def _engine_process(spec: RunSpec, plugin_loaded: list[bool], cap: Capability) -
         return "own", None
     if cap.flavour != "stock":
         return "own", f"in-process declined: the {cap.flavour} build runs its engine core in its own process"
-    if any(loaded and not later for i, loaded in enumerate(plugin_loaded) for later in plugin_loaded[i + 1:]):
+    if plugin_loaded != sorted(plugin_loaded):  # sorted (False < True): every stock engine starts first
         return "own", "in-process declined: a stock engine after a plugin-loaded one must not share its process"
     return "in-process", None
 

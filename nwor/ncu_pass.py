@@ -63,8 +63,8 @@ def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
     record = _pass(spec, side_paths(result_path), ncu, metrics=with_required(spec.ncu_metrics),
                    replay_mode=spec.ncu_replay_mode)
     if spec.method == "eagle":
-        kv = _pass(kv_sub_spec(spec), side_paths(result_path, "ncu-kv"), ncu, metrics=KV_WRITE_METRICS, replay_mode="kernel",
-                   kernel_name=KV_KERNEL_FILTER, nvtx=True, env={**os.environ, nvtx.ENV_VAR: "1"})
+        kv = _pass(kv_sub_spec(spec), side_paths(result_path, "ncu-kv"), ncu, metrics=KV_WRITE_METRICS,
+                   replay_mode="kernel", kernel_name=KV_KERNEL_FILTER, nvtx=True, env={**os.environ, nvtx.ENV_VAR: "1"})
         record["kv_cache_writes"] = kv_summary(kv)
     else:
         record["kv_cache_writes"] = kv_unavailable(f"method {spec.method!r} has no drafter KV cache", status="off")

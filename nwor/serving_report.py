@@ -66,9 +66,8 @@ def effect_vs_load(frame: pd.DataFrame, metric: str = "output_tokens_per_s", see
 
     `effect` = mean over run-arm instances / mean over baseline instances - 1 (null when the baseline
     mean is 0 or missing); `low`/`high` its 95 % interval over server instances (`nwor.stats.change_ci`,
-    `stats.HIERARCHICAL`; null with fewer than 2
-    instances per arm); `sign_change` is True at the first load point whose effect has the other sign
-    than the previous point's.
+    `stats.HIERARCHICAL`; null with fewer than 2 instances per arm); `sign_change` is True at the first load
+    point whose effect has the other sign than the previous point's.
 
     Raises:
         KeyError: `metric` is not a column of `frame`.

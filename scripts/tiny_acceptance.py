@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     llm.generate(chosen, params, use_tqdm=False)
     measured = metrics.spec_decode_metrics(metrics.diff(before, metrics.snapshot(llm)))
     print(json.dumps({"recipe": args.recipe, "twin": args.twin, "draft_noise": recipe.draft_noise, "k": args.k,
-                      "requests": len(chosen), "tokens": args.tokens, "seconds": round(time.perf_counter() - started, 1),
+                      "requests": len(chosen), "tokens": args.tokens,
+                      "seconds": round(time.perf_counter() - started, 1),
                       "mean_acceptance_length": measured.get("mean_acceptance_length"),
                       "acceptance_rate_per_pos": measured.get("acceptance_rate_per_pos")}))
     return 0

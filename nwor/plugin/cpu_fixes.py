@@ -57,8 +57,10 @@ def apply(fixes: tuple[str, ...]) -> None:
         from vllm.triton_utils.dispatcher import _registry, register_kernels
         from vllm.utils import cpu_triton_utils
 
-        if cpu_triton_utils._expand_kernel_impl is expand_into and _registry.get(_KERNEL_NAME, (None, None))[1] is expand_into:
-            return  # applied already in this process (vLLM loads plugins per engine): each apply scans every module, ~0.45 s
+        registered = _registry.get(_KERNEL_NAME, (None, None))[1]
+        if cpu_triton_utils._expand_kernel_impl is expand_into and registered is expand_into:
+            # Applied already in this process (vLLM loads plugins per engine): each apply scans every module, ~0.45 s.
+            return
         # Patch the attribute (read when the CPU platform registers its table) and the table itself
         # (in case it was registered already).
         cpu_triton_utils._expand_kernel_impl = expand_into
