@@ -218,13 +218,30 @@ def _run_row(doc: dict, path: Path) -> dict:
            "ncu_status": ncu.get("status"), "ncu_reason": ncu.get("reason"), "dram_bytes_write": dram,
            "early_exit_status": early_exit.get("status"), "early_exit_reason": early_exit.get("reason"),
            "tokens_stopped": early_exit.get("tokens_stopped"), "early_exit_checks": early_exit.get("checks"),
-           "stop_pct": early_exit.get("stop_pct")}
+           "stop_pct": early_exit.get("stop_pct"), **_kv_fields(ncu.get("kv_cache_writes") or {})}
     for key in ("mean_latency_s", "p50_latency_s", "p99_latency_s", "output_tokens_per_s", "num_drafts",
                 "num_draft_tokens", "num_accepted_tokens", "draft_acceptance_rate", "mean_acceptance_length",
                 "acceptance_rate_per_pos"):
         row[key] = metrics.get(key)
     row["label"] = _label(row)
     return row
+
+
+KV_COLUMNS = ("kv_drafter_bytes", "kv_target_bytes", "kv_window_draft_tokens", "kv_window_tokens_stopped",
+              "kv_window_checks")
+
+
+def _kv_fields(kv: dict) -> dict:
+    """The ncu KV-write sub-pass (docs/ncu.md): drafter and target KV-cache write bytes and its window's counters."""
+    if kv.get("status") != "ok":
+        return {"kv_status": kv.get("status"), "kv_reason": kv.get("reason") or "no KV-write sub-pass",
+                **dict.fromkeys(KV_COLUMNS)}
+    window = kv.get("window") or {}
+    return {"kv_status": "ok", "kv_reason": kv.get("reason"),
+            "kv_drafter_bytes": (kv.get("drafter") or {}).get("bytes_written"),
+            "kv_target_bytes": (kv.get("target") or {}).get("bytes_written"),
+            "kv_window_draft_tokens": window.get("num_draft_tokens"),
+            "kv_window_tokens_stopped": window.get("tokens_stopped"), "kv_window_checks": window.get("checks")}
 
 
 def _placeholder(run_id: str, grid: str, profile: str, status: str, reason: str) -> dict:
@@ -289,7 +306,7 @@ def load_profile(outputs_root: str | Path, profile: str,
     for column in INT_COLUMNS:
         # NaN-able integers, so that reasons print "max_tokens=256", not "256.0"
         runs[column] = pd.to_numeric(runs.get(column, pd.Series(index=runs.index, dtype=float))).astype("Int64")
-    for column in ("dram_bytes_write", "confidence_threshold", "temperature"):
+    for column in ("dram_bytes_write", "confidence_threshold", "temperature", *KV_COLUMNS):
         runs[column] = pd.to_numeric(runs.get(column, pd.Series(index=runs.index, dtype=float))).astype(float)
     return Frames(runs, pd.DataFrame(arms, columns=ARM_BATCH_COLUMNS), pd.DataFrame(batches),
                   pd.DataFrame(requests), pd.DataFrame(skipped, columns=["path", "reason"]),

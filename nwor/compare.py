@@ -62,6 +62,24 @@ def _point_reduction(baseline, treatment) -> float:
     return -100 * (treatment - baseline) / baseline
 
 
+def _kv_change(base: pd.Series, run: pd.Series) -> dict:
+    """Drafter KV-cache write bytes at a threshold against threshold 0.0, from the ncu KV-write sub-pass.
+
+    Point values (one sub-pass window per run, no interval): over the whole window, per drafted token (the two
+    windows draft slightly different token counts), and bytes saved per token the gate stopped in the
+    threshold's window, to set against the drafter's KV bytes per token (2 x kv_heads x head_dim x dtype bytes x
+    drafter layers: 4 KiB for the 8B-shaped EAGLE head).
+    """
+    def per_token(r):
+        return r.kv_drafter_bytes / r.kv_window_draft_tokens if r.kv_window_draft_tokens else math.nan
+
+    stopped = run.kv_window_tokens_stopped
+    saved = base.kv_drafter_bytes - run.kv_drafter_bytes
+    return {"kv_drafter_write_reduction_pct": _point_reduction(base.kv_drafter_bytes, run.kv_drafter_bytes),
+            "kv_drafter_write_reduction_per_draft_token_pct": _point_reduction(per_token(base), per_token(run)),
+            "kv_saved_bytes_per_stopped_token": saved / stopped if pd.notna(saved) and stopped else math.nan}
+
+
 def compare_adaptive(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) -> pd.DataFrame:
     """Adaptive draft length on vs off, one row per workload of `nwor.pairing.pair_adaptive`.
 
@@ -118,7 +136,11 @@ def compare_early_exit(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) ->
     for _, run in runs.sort_values(["label", "confidence_threshold"]).iterrows():
         row = {key: run.get(key) for key in ("label", "run_id", "status", "reason", "confidence_threshold",
                                              "temperature", "max_tokens", "dram_bytes_write", "tokens_stopped",
-                                             "stop_pct", "early_exit_reason", "feature_impl", "vllm")}
+                                             "stop_pct", "early_exit_reason", "feature_impl", "vllm",
+                                             "kv_drafter_bytes", "kv_target_bytes", "kv_window_draft_tokens",
+                                             "kv_window_tokens_stopped", "kv_window_checks")}
+        row["kv_reason"] = None if pd.notna(run.get("kv_drafter_bytes")) else first_present(
+            run.reason, run.get("kv_reason"), "no KV-write sub-pass")
         row["role"] = "baseline" if run.confidence_threshold == 0.0 else "treatment"
         row["dram_reason"] = None if pd.notna(run.dram_bytes_write) else first_present(
             run.reason, f"ncu {run.get('ncu_status')}: {run.get('ncu_reason')}")
@@ -138,6 +160,9 @@ def compare_early_exit(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) ->
             row["dram_write_reduction_pct"] = _point_reduction(base.dram_bytes_write, run.dram_bytes_write)
             row["dram_write_saved_bytes"] = (base.dram_bytes_write - run.dram_bytes_write
                                              if pd.notna(row["dram_write_reduction_pct"]) else math.nan)
+            row.update(_kv_change(base, run))
+            if pd.isna(row["kv_drafter_write_reduction_pct"]) and row["kv_reason"] is None:
+                row["kv_reason"] = f"baseline {base.name}: {first_present(base.get('kv_reason'), 'no KV bytes')}"
             if pd.isna(row["dram_write_reduction_pct"]):
                 row["dram_reason"] = first_present(row["dram_reason"], f"baseline {base.name}: ncu "
                                                    f"{base.ncu_status}: {base.ncu_reason}")
@@ -145,7 +170,10 @@ def compare_early_exit(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) ->
     first = ["label", "role", "confidence_threshold", "run_id", "status", "reason", "baseline_run_id", "pair_status",
              "pair_reason", "latency_s", "latency_s_ci_low", "latency_s_ci_high", "dram_bytes_write",
              "dram_write_saved_bytes", "dram_write_reduction_pct", "dram_reason", "tokens_stopped", "stop_pct",
-             "early_exit_reason", "temperature", "max_tokens", "feature_impl", "vllm"]
+             "early_exit_reason", "kv_drafter_bytes", "kv_target_bytes", "kv_drafter_write_reduction_pct",
+             "kv_drafter_write_reduction_per_draft_token_pct", "kv_saved_bytes_per_stopped_token", "kv_reason",
+             "kv_window_draft_tokens", "kv_window_tokens_stopped", "kv_window_checks", "temperature", "max_tokens",
+             "feature_impl", "vllm"]
     return _with_columns(rows, first, EARLY_EXIT)
 
 

@@ -110,6 +110,10 @@ def key_numbers(frames: Frames, aa: pd.DataFrame, adaptive: pd.DataFrame, early_
             Estimate(getattr(r, "dram_write_reduction_pct", math.nan)),
             f"no verdict: {first_present(r.pair_reason, r.dram_reason, 'ncu gives one region total per run')}",
             f"{r.baseline_run_id} vs {r.run_id}; {DRAM_WRITE} from ncu")
+        add(f"{key}.kv_drafter_write_reduction_pct", f"{what}: drafter KV-cache write reduction %",
+            Estimate(getattr(r, "kv_drafter_write_reduction_pct", math.nan)),
+            f"no verdict: {first_present(r.pair_reason, getattr(r, 'kv_reason', None), 'one ncu KV sub-pass per run')}",
+            f"{r.baseline_run_id} vs {r.run_id}; ncu KV-write sub-pass, L2 write bytes inside nwor_drafter")
         add(f"{key}.stop_pct", f"{what}: tokens stopped %", Estimate(r.stop_pct),
             f"no verdict: {first_present(r.reason, r.early_exit_reason, 'one counter per run')}",
             "early_exit.stop_pct from the early-exit instrumentation")

@@ -1,4 +1,4 @@
-"""Report figures for the confidence early exit: bandwidth saved vs latency, and tokens stopped."""
+"""Report figures for the confidence early exit: bandwidth saved vs latency, KV-cache writes, tokens stopped."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -7,6 +7,7 @@ import seaborn as sns
 
 from nwor.arms import aa_band
 from nwor.findings import MAX_LATENCY_OVERHEAD_PCT
+from nwor.fork_claims import EARLY_EXIT_LATENCY_CLAIM_PCT, KV_WRITES_CLAIM_PCT
 from nwor.plots import error_bars, finish, no_data, reason_of
 
 
@@ -74,3 +75,49 @@ def plot_tokens_stopped(early_exit: pd.DataFrame) -> plt.Figure:
         ax.legend(title=None, fontsize=8)
     ax.set(xlabel="confidence threshold", ylabel="tokens stopped (%)")
     return finish(fig, early_exit, "Tokens stopped by confidence early exit")
+
+
+def plot_kv_writes(early_exit: pd.DataFrame) -> plt.Figure:
+    """Early exit where it acts: drafter KV-cache write bytes vs threshold, beside stop % and latency.
+
+    From the ncu KV-write sub-pass (`ncu.kv_cache_writes`, docs/ncu.md); the fork's claim (~50 % fewer
+    speculative KV writes at 1-3 % latency, `nwor.fork_claims`) is drawn on the two right panels.
+
+    Args:
+        early_exit: `nwor.compare.compare_early_exit` output.
+    """
+    sns.set_theme(style="whitegrid")
+    fig, (written, saved, latency) = plt.subplots(1, 3, figsize=(16, 5), sharex=True)  # thresholds line up
+    measured = early_exit[early_exit.kv_drafter_bytes.notna()] if "kv_drafter_bytes" in early_exit else early_exit[:0]
+    if measured.empty:
+        no_data(written, reason_of(early_exit, "kv_reason", "no KV-write sub-pass"))
+    else:
+        sns.lineplot(data=measured.assign(mib=measured.kv_drafter_bytes.astype(float) / 2 ** 20),
+                     x="confidence_threshold", y="mib", hue="label", marker="o", ax=written)
+        written.legend(title=None, fontsize=8)
+    written.set(xlabel="confidence threshold", ylabel="drafter KV-cache writes (MiB, ncu L2 write bytes)")
+    treated = early_exit[early_exit.role == "treatment"] if len(early_exit) else early_exit
+    kv_saved = treated.get("kv_drafter_write_reduction_pct", pd.Series(float("nan"), index=treated.index))
+    shown = treated[treated.stop_pct.notna() | kv_saved.notna()]
+    if shown.empty:
+        no_data(saved, reason_of(treated, "kv_reason", "no early-exit treatment measured"))
+    for label, data in shown.groupby("label", sort=False):
+        saved.plot(data.confidence_threshold, data.stop_pct, "o--", label=f"{label}: positions stopped (counter)")
+        if "kv_drafter_write_reduction_pct" in data:
+            saved.plot(data.confidence_threshold, data.kv_drafter_write_reduction_pct, "s-",
+                       label=f"{label}: drafter KV bytes (ncu)")
+    saved.axhspan(*KV_WRITES_CLAIM_PCT, color="tab:purple", alpha=0.15, label="fork's claim: ~50 % fewer")
+    saved.legend(fontsize=7)
+    saved.set_ylim(bottom=0)
+    saved.set(xlabel="confidence threshold", ylabel="KV writes saved vs threshold 0.0 (%)")
+    timed = treated[treated.latency_overhead_pct.notna()] if "latency_overhead_pct" in treated else treated[:0]
+    if timed.empty:
+        no_data(latency, reason_of(treated, "pair_reason", "no latency comparison"))
+    for label, data in timed.groupby("label", sort=False):
+        latency.errorbar(data.confidence_threshold, data.latency_overhead_pct,
+                         yerr=error_bars(data, "latency_overhead_pct"), fmt="o", capsize=3, label=label)
+    latency.axhspan(*EARLY_EXIT_LATENCY_CLAIM_PCT, color="tab:purple", alpha=0.15, label="fork's claim: 1-3 %")
+    latency.axhline(0, color="0.5", lw=1)
+    latency.legend(fontsize=8)
+    latency.set(xlabel="confidence threshold", ylabel="latency overhead vs threshold 0.0 (%, 95% CI)")
+    return finish(fig, early_exit, "Confidence early exit where it acts: drafter KV-cache writes")

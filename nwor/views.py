@@ -53,10 +53,12 @@ def adaptive_draft_tokens(adaptive: pd.DataFrame) -> pd.DataFrame:
 
 
 def early_exit(early_exit: pd.DataFrame) -> pd.DataFrame:
-    """Early-exit runs: pairing, DRAM writes, tokens stopped and latency overhead with its verdict."""
+    """Early-exit runs: pairing, DRAM writes, tokens stopped, drafter KV writes, latency overhead and its verdict."""
     return _view(early_exit, ["label", "confidence_threshold", "role", "status", "comparison", "design", "instances",
                               "pair_status", "pair_reason", "dram_bytes_write", "dram_write_reduction_pct",
-                              "dram_reason", "stop_pct", *_ci("latency_overhead_pct"), "calibration"])
+                              "dram_reason", "stop_pct", "kv_drafter_bytes", "kv_drafter_write_reduction_pct",
+                              "kv_drafter_write_reduction_per_draft_token_pct", "kv_saved_bytes_per_stopped_token",
+                              "kv_reason", *_ci("latency_overhead_pct"), "calibration"])
 
 
 def arms(arms: pd.DataFrame) -> pd.DataFrame:

@@ -51,6 +51,7 @@ def figures(profile: str) -> dict:
             views.acceptance_per_position(frames, "adaptive_grid")),
         "acceptance_vs_improvement": plots.plot_acceptance_vs_improvement(adaptive),
         "threshold_tradeoff": plots_early_exit.plot_threshold_tradeoff(early_exit, aa),
+        "kv_writes": plots_early_exit.plot_kv_writes(early_exit),
         "tokens_stopped": plots_early_exit.plot_tokens_stopped(early_exit),
     }
 
@@ -132,7 +133,7 @@ def test_report_notebook_executes_end_to_end(tmp_path):
                                cwd=str(TESTS.parent), progress_bar=False)
     nb = nbformat.read(out, as_version=4)
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 7
+    assert len(images) == 8
     saved = sorted(p.name for p in (tmp_path / "smoke" / "report").iterdir())
     assert saved == sorted(f"{name}.{ext}" for name in figures("smoke") for ext in ("png", "svg"))
 
