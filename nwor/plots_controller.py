@@ -36,8 +36,9 @@ def plot_trajectory(traces: pd.DataFrame, run_id: str | None = None) -> plt.Figu
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
     for label, arm in data.groupby("label", sort=True):
         arm = arm.sort_values("step")
-        name = label if "alpha" in label else f"{label} (alpha {arm.ewma_alpha.iloc[0]:g})"
-        if arm.ewma.notna().any():
+        adaptive = arm.ewma.notna().any()  # static arms keep no EWMA, so no alpha to name
+        name = label if "alpha" in label or not adaptive else f"{label} (alpha {arm.ewma_alpha.iloc[0]:g})"
+        if adaptive:
             top.plot(arm.step, arm.ewma, label=name, lw=1.2)
         bottom.step(arm.step, arm.draft_length, where="post", label=name, lw=1.2)
     first = data[data.arm == sorted(data.arm.unique())[0]].sort_values("step")
@@ -49,6 +50,7 @@ def plot_trajectory(traces: pd.DataFrame, run_id: str | None = None) -> plt.Figu
         top.axhline(bound, color="0.8", lw=0.8)
     top.set(ylabel="acceptance EWMA", ylim=(0, 1))
     top.legend(fontsize=7, loc="upper right", ncol=2)
+    bottom.legend(fontsize=7, loc="center right")  # static arms have no EWMA: only this panel names them
     bottom.set(xlabel="engine step (the arm's own, measured batches)", ylabel="chosen draft length",
                yticks=sorted(data.draft_length.dropna().unique()))
     parts = ", ".join(str(p) for p in first.drop_duplicates("part").part.dropna().astype(int))

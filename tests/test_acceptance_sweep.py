@@ -49,3 +49,23 @@ def test_sweep_picks_the_fastest_static_k_per_level(tmp_path):
     assert low.adaptive_vs_best_static_latency_pct == pytest.approx((1.0 / 0.9 - 1) * 100, rel=0.02)
     assert low.adaptive_vs_best_static_latency_pct_ci_low > 0  # adaptive is slower than K = 5 at 0.2
     assert sweep(tmp_path, "smoke")[1].empty
+
+
+def test_the_h100_sweep_and_its_figure():
+    """Session 5's committed H100 sweep (8 levels): K = 2 wins at low acceptance, 10 at 0.9, and the controller
+    never goes below 5 (the fork's options for K = 10 are {5, 8, 10}); the figure draws each level."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from pathlib import Path
+
+    from nwor.plots_acceptance_sweep import NO_SWEEP, plot_acceptance_sweep
+
+    root = Path(__file__).parents[1] / "outputs" / "gpu-h100-protocol" / "session5"
+    arms, levels = sweep(root, "gpu-smoke-1x")
+    assert list(levels.acceptance_pinned) == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert list(levels.best_static_k) == [2, 2, 2, 2, 2, 5, 5, 10]
+    assert levels.adaptive_mean_draft_length.min() == pytest.approx(5.0)
+    fig = plot_acceptance_sweep(arms, levels)
+    assert list(fig.axes[0].lines[1].get_ydata()) == [2, 2, 2, 2, 2, 5, 5, 10]
+    assert len(fig.axes[1].lines) == 4  # adaptive and static K = 2, 5, 10
+    assert plot_acceptance_sweep(arms.iloc[0:0], levels.iloc[0:0]) == NO_SWEEP
