@@ -1,14 +1,17 @@
 """Does running a grid in parallel (nwor run --executor ray) change its measurements? Compare two outputs folders.
 
-    python scripts/parallel_vs_serial.py SERIAL_OUTPUTS PARALLEL_OUTPUTS --profile gpu-smoke [--out FILE.json]
+    python scripts/parallel_vs_serial.py SERIAL_OUTPUTS PARALLEL_OUTPUTS --profile gpu-smoke [--pooled]
+        [--out FILE.json]
 
 Per run id that is ok in both: the latency change % of the parallel run against the serial one (the runs'
 arm "run" batches, engine instances kept apart: nwor.stats.change_ci, unpaired, as two separate runs are),
 judged against the A/A band of engines-interleaved designs (nwor.arms.aa_band, from the A/A runs in the
 serial folder, or --aa-band LOW HIGH). A run agrees when its interval includes 0 or overlaps the band
 (verdict "inside the noise" / "not established"). Also the wall-time ratio parallel / serial, each the span
-from the first START to the last end line of the profile's master log. Exit 0 when every compared run agrees
-and the ratio is at most --max-wall-ratio; 1 otherwise; 2 on bad input.
+from the first START to the last end line of the profile's master log. With --pooled, all runs are judged
+together instead (each run one paired unit: for profiles of one engine instance per run). Exit 0 when every
+compared run (or, with --pooled, the runs together) agrees and the ratio is at most --max-wall-ratio; 1
+otherwise; 2 on bad input.
 """
 from __future__ import annotations
 
@@ -68,6 +71,23 @@ def run_placements(outputs: Path, profile: str) -> dict[str, dict | None]:
     return found
 
 
+def pooled(lat_s: dict, lat_p: dict, run_ids: list[str], band) -> dict | None:
+    """All runs judged together, each run one paired unit (its serial engines vs its parallel engines).
+
+    Runs of one engine instance get batch-only intervals of their own (no verdict); across runs, the spread of
+    the per-run differences holds engine-to-engine variance, so `nwor.stats.change_ci` with the runs as paired
+    instances gives an instance-aware interval (Student t on the run means, len(run_ids) - 1 df). None below 2 runs.
+    """
+    if len(run_ids) < 2:
+        return None
+    flat = {name: [[x for instance in lat[run_id] for x in instance] for run_id in run_ids]
+            for name, lat in (("serial", lat_s), ("parallel", lat_p))}
+    est = stats.change_ci(flat["serial"], flat["parallel"], paired=True)
+    said = verdict(est, "lower", band)
+    return {"runs": len(run_ids), "latency_change_pct": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
+            "method": f"{est.method}; runs as paired instances", "verdict": said, "agrees": said in AGREE}
+
+
 def compare(serial: Path, parallel: Path, profile: str, band=None) -> dict:
     """The per-run comparison rows, the A/A band used and the wall times."""
     frames_s, frames_p = load_profile(serial, profile), load_profile(parallel, profile)
@@ -76,8 +96,8 @@ def compare(serial: Path, parallel: Path, profile: str, band=None) -> dict:
         band, note = aa_band(calibration(within_run(frames_s, Samples(frames_s.arm_batches))), "engines-interleaved")
     lat_s, lat_p = run_latencies(frames_s), run_latencies(frames_p)
     placements = run_placements(parallel, profile)
-    rows = []
-    for run_id in sorted(set(lat_s) & set(lat_p)):
+    common, rows = sorted(set(lat_s) & set(lat_p)), []
+    for run_id in common:
         est = stats.change_ci(lat_s[run_id], lat_p[run_id])
         said = verdict(est, "lower", band)
         rows.append({"run_id": run_id, "latency_change_pct": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
@@ -85,7 +105,8 @@ def compare(serial: Path, parallel: Path, profile: str, band=None) -> dict:
                      "verdict": said, "agrees": said in AGREE, "placement": placements.get(run_id)})
     wall = {"serial_s": wall_s(serial, profile), "parallel_s": wall_s(parallel, profile)}
     ratio = wall["parallel_s"] / wall["serial_s"] if wall["serial_s"] and wall["parallel_s"] is not None else None
-    return {"profile": profile, "aa_band_pct": band, "aa_band_note": note, "rows": rows, "wall": wall,
+    return {"profile": profile, "aa_band_pct": band, "aa_band_note": note, "rows": rows,
+            "pooled": pooled(lat_s, lat_p, common, band), "wall": wall,
             "wall_ratio": ratio, "only_serial": sorted(set(lat_s) - set(lat_p)),
             "only_parallel": sorted(set(lat_p) - set(lat_s))}
 
@@ -102,6 +123,9 @@ def main(argv=None) -> int:
     parser.add_argument("--aa-band", nargs=2, type=float, metavar=("LOW", "HIGH"),
                         help="A/A latency change band in %% (default: from the serial folder's A/A runs)")
     parser.add_argument("--max-wall-ratio", type=float, default=0.3)
+    parser.add_argument("--pooled", action="store_true",
+                        help="judge the runs together (needed with one engine instance per run, e.g. gpu-smoke-1x, "
+                             "whose per-run intervals are batch-only)")
     parser.add_argument("--out", type=Path, help="write the comparison as JSON here")
     args = parser.parse_args(argv)
     try:
@@ -114,7 +138,10 @@ def main(argv=None) -> int:
         where = r["placement"] or {}
         print(f"{r['run_id']:<48} {_fmt(r['latency_change_pct'])}% [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] "
               f"{r['verdict']}  gpu {where.get('gpu_ids') if isinstance(where, dict) else None}")
-    agree = sum(r["agrees"] for r in result["rows"])
+    agree, together = sum(r["agrees"] for r in result["rows"]), result["pooled"]
+    if together:
+        print(f"all {together['runs']} runs together: {_fmt(together['latency_change_pct'])}% "
+              f"[{_fmt(together['ci_low'])}, {_fmt(together['ci_high'])}] {together['verdict']}")
     ratio = result["wall_ratio"]
     print(f"{agree} of {len(result['rows'])} runs agree; wall serial {result['wall']['serial_s']} s, parallel "
           f"{result['wall']['parallel_s']} s, ratio {'null' if ratio is None else f'{ratio:.2f}'} "
@@ -125,7 +152,9 @@ def main(argv=None) -> int:
         from nwor.files import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(result, indent=1, default=str) + "\n")
-    ok = result["rows"] and agree == len(result["rows"]) and ratio is not None and ratio <= args.max_wall_ratio
+    same = bool(together and together["agrees"]) if args.pooled else bool(result["rows"]) and agree == len(
+        result["rows"])
+    ok = same and ratio is not None and ratio <= args.max_wall_ratio
     return 0 if ok else 1
 
 

@@ -65,3 +65,16 @@ def test_main_exit_codes(tmp_path, capsys):
                      "--max-wall-ratio", "0.2"]) == 1  # 0.25 > 0.2
     assert pvs.main([str(tmp_path / "missing"), str(parallel), "--profile", "full"]) == 2
     assert "error: no result JSONs" in capsys.readouterr().err
+
+
+def test_runs_judged_together_when_each_has_one_engine(tmp_path, capsys):
+    """--pooled: each run is one paired unit, so one-engine runs (batch-only on their own) still get a verdict."""
+    serial = _copy(tmp_path, "s", log=SERIAL_LOG)
+    same = pvs.compare(serial, _copy(tmp_path, "p", log=PARALLEL_LOG), "full", band=(-3.0, 3.0))["pooled"]
+    assert same["runs"] >= 2 and same["latency_change_pct"] == pytest.approx(0.0, abs=1e-9) and same["agrees"]
+    slower = pvs.compare(serial, _copy(tmp_path, "slow", scale=1.5), "full", band=(-3.0, 3.0))["pooled"]
+    assert slower["latency_change_pct"] > 10 and slower["ci_low"] < slower["latency_change_pct"] < slower["ci_high"]
+    parallel = _copy(tmp_path, "p2", log=PARALLEL_LOG)
+    assert pvs.main([str(serial), str(parallel), "--profile", "full", "--aa-band", "-3", "3", "--pooled"]) == 0
+    assert "runs together: +0.0%" in capsys.readouterr().out
+    assert pvs.pooled({"a": [[1.0]]}, {"a": [[1.0]]}, ["a"], None) is None
