@@ -43,9 +43,11 @@ def _note(instances, study_verdict, *reasons) -> str | None:
     return "; ".join(said) if said else _text(*reasons)
 
 
-def _row(feature, claim, label, setting, measured, value, low, high, band, note) -> dict:
-    return dict(zip(COLUMNS, (feature, claim, label, setting, measured, value, low, high,
-                              verdict(value, low, high, band), note)))
+def _row(feature, claim, label, setting, measured, value, low, high, band, note, study_verdict=None) -> dict:
+    said = verdict(value, low, high, band)
+    if isinstance(study_verdict, str) and study_verdict.startswith("no verdict") and not pd.isna(value):
+        said += " - batch-only interval, not a verdict"  # one engine a side: engine-to-engine spread unmeasured
+    return dict(zip(COLUMNS, (feature, claim, label, setting, measured, value, low, high, said, note)))
 
 
 def check_early_exit(early_exit: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +69,8 @@ def check_early_exit(early_exit: pd.DataFrame) -> pd.DataFrame:
         rows.append(_row("early exit", lat_claim, r.label, setting, "latency overhead vs threshold 0.0",
                          g("latency_overhead_pct", math.nan), g("latency_overhead_pct_ci_low", math.nan),
                          g("latency_overhead_pct_ci_high", math.nan), EARLY_EXIT_LATENCY_CLAIM_PCT,
-                         _note(g("instances"), g("latency_overhead_pct_verdict"), g("pair_reason"), g("reason"))))
+                         _note(g("instances"), g("latency_overhead_pct_verdict"), g("pair_reason"), g("reason")),
+                         g("latency_overhead_pct_verdict")))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -80,7 +83,8 @@ def check_adaptive(adaptive: pd.DataFrame) -> pd.DataFrame:
                          "latency reduction", g("latency_reduction_pct", math.nan),
                          g("latency_reduction_pct_ci_low", math.nan), g("latency_reduction_pct_ci_high", math.nan),
                          ADAPTIVE_LATENCY_CLAIM_PCT,
-                         _note(g("instances"), g("latency_reduction_pct_verdict"), g("reason"))))
+                         _note(g("instances"), g("latency_reduction_pct_verdict"), g("reason")),
+                         g("latency_reduction_pct_verdict")))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -87,7 +87,7 @@ def plot_kv_writes(early_exit: pd.DataFrame) -> plt.Figure:
         early_exit: `nwor.compare.compare_early_exit` output.
     """
     sns.set_theme(style="whitegrid")
-    fig, (written, saved, latency) = plt.subplots(1, 3, figsize=(16, 5), sharex=True)  # thresholds line up
+    fig, (written, saved, latency) = plt.subplots(1, 3, figsize=(16, 5))
     measured = early_exit[early_exit.kv_drafter_bytes.notna()] if "kv_drafter_bytes" in early_exit else early_exit[:0]
     if measured.empty:
         no_data(written, reason_of(early_exit, "kv_reason", "no KV-write sub-pass"))
@@ -103,7 +103,7 @@ def plot_kv_writes(early_exit: pd.DataFrame) -> plt.Figure:
         no_data(saved, reason_of(treated, "kv_reason", "no early-exit treatment measured"))
     for label, data in shown.groupby("label", sort=False):
         saved.plot(data.confidence_threshold, data.stop_pct, "o--", label=f"{label}: positions stopped (counter)")
-        if "kv_drafter_write_reduction_pct" in data:
+        if data.get("kv_drafter_write_reduction_pct", data.stop_pct[:0]).notna().any():
             saved.plot(data.confidence_threshold, data.kv_drafter_write_reduction_pct, "s-",
                        label=f"{label}: drafter KV bytes (ncu)")
     saved.axhspan(*KV_WRITES_CLAIM_PCT, color="tab:purple", alpha=0.15, label="fork's claim: ~50 % fewer")
@@ -120,4 +120,8 @@ def plot_kv_writes(early_exit: pd.DataFrame) -> plt.Figure:
     latency.axhline(0, color="0.5", lw=1)
     latency.legend(fontsize=8)
     latency.set(xlabel="confidence threshold", ylabel="latency overhead vs threshold 0.0 (%, 95% CI)")
+    thresholds = early_exit.confidence_threshold.dropna() if len(early_exit) else early_exit[:0]
+    if len(thresholds):  # the same threshold axis on every panel, also where one has no data
+        for ax in (written, saved, latency):
+            ax.set_xlim(thresholds.min() - 0.05, thresholds.max() + 0.05)
     return finish(fig, early_exit, "Confidence early exit where it acts: drafter KV-cache writes")
