@@ -18,6 +18,7 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from nwor.errors import SchemaError
+from nwor.kv_writes import KV_COLUMNS, kv_fields
 from nwor.ncu_metrics import DRAM_WRITE
 from nwor.paths import is_side_result, report_folder
 from nwor.results import SCHEMA_VERSION, STATUSES, read_result
@@ -218,30 +219,13 @@ def _run_row(doc: dict, path: Path) -> dict:
            "ncu_status": ncu.get("status"), "ncu_reason": ncu.get("reason"), "dram_bytes_write": dram,
            "early_exit_status": early_exit.get("status"), "early_exit_reason": early_exit.get("reason"),
            "tokens_stopped": early_exit.get("tokens_stopped"), "early_exit_checks": early_exit.get("checks"),
-           "stop_pct": early_exit.get("stop_pct"), **_kv_fields(ncu.get("kv_cache_writes") or {})}
+           "stop_pct": early_exit.get("stop_pct"), **kv_fields(ncu.get("kv_cache_writes") or {})}
     for key in ("mean_latency_s", "p50_latency_s", "p99_latency_s", "output_tokens_per_s", "num_drafts",
                 "num_draft_tokens", "num_accepted_tokens", "draft_acceptance_rate", "mean_acceptance_length",
                 "acceptance_rate_per_pos"):
         row[key] = metrics.get(key)
     row["label"] = _label(row)
     return row
-
-
-KV_COLUMNS = ("kv_drafter_bytes", "kv_target_bytes", "kv_window_draft_tokens", "kv_window_tokens_stopped",
-              "kv_window_checks")
-
-
-def _kv_fields(kv: dict) -> dict:
-    """The ncu KV-write sub-pass (docs/ncu.md): drafter and target KV-cache write bytes and its window's counters."""
-    if kv.get("status") != "ok":
-        return {"kv_status": kv.get("status"), "kv_reason": kv.get("reason") or "no KV-write sub-pass",
-                **dict.fromkeys(KV_COLUMNS)}
-    window = kv.get("window") or {}
-    return {"kv_status": "ok", "kv_reason": kv.get("reason"),
-            "kv_drafter_bytes": (kv.get("drafter") or {}).get("bytes_written"),
-            "kv_target_bytes": (kv.get("target") or {}).get("bytes_written"),
-            "kv_window_draft_tokens": window.get("num_draft_tokens"),
-            "kv_window_tokens_stopped": window.get("tokens_stopped"), "kv_window_checks": window.get("checks")}
 
 
 def _placeholder(run_id: str, grid: str, profile: str, status: str, reason: str) -> dict:
