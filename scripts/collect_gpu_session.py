@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nwor.collect import CollectError, collect, infer_repo_root
+from nwor.collect import INCOMPLETE_MARK, CollectError, collect, infer_repo_root
 from nwor.files import describe_os_error
 
 
@@ -42,7 +42,8 @@ def main(argv=None) -> int:
         print(f"collect_gpu_session: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("collect_gpu_session: interrupted; DEST is unchanged, or marked half-merged (run again to finish)",
+        print(f"collect_gpu_session: interrupted: DEST is as before, complete, or marked half-merged ({INCOMPLETE_MARK}: "
+              "run the same command again)",
               file=sys.stderr)
         return 130
     print(f"collected {len(args.queues)} queue folders into {args.dest} "
