@@ -73,14 +73,16 @@ def redactor(repo_root: str | None):
 
 def infer_repo_root(queues: list[Path]) -> tuple[str | None, Counter]:
     """The GPU machine's repository root, read from the queues' own files: a queue extracted as
-    `<x>/outputs/<session>/j0` was `<root>/outputs/<session>/j0` there, and its logs and notebooks name it.
+    `<x>/outputs/<session>/j0` was `<root>/outputs/<session>/j0` there, and its logs and notebooks name it
+    (or a sibling queue: `<root>/outputs/<session>/` is what is looked for).
     Returns (the root when exactly one was found, else None; every root found with its count)."""
     found = Counter()
     for queue in queues:
         parts = queue.resolve().parts
         if "outputs" not in parts:
             continue
-        below = "/".join(parts[len(parts) - 1 - parts[::-1].index("outputs"):])
+        top = len(parts) - 1 - parts[::-1].index("outputs")
+        below = "/".join(parts[top:max(top + 2, len(parts) - 1)])  # outputs/<session>, not a bare outputs
         pattern = re.compile(_START + r"(/[^\s\"'<>:;,=\\]*?)/" + re.escape(below) + _END)
         for path in _files(queue):
             if path.suffix in TEXT_SUFFIXES:

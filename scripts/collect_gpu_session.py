@@ -32,7 +32,7 @@ def main(argv=None) -> int:
         root, how = args.repo_root, "--repo-root"
         if root is None and args.queues and all(q.is_dir() for q in args.queues):
             root, found = infer_repo_root(args.queues)
-            how = (f"read from {found[root]} paths in the queues' files" if root else
+            how = (f"read from {found[root]} mentions in the queues' files" if root else
                    f"several found ({', '.join(found)}): pass --repo-root" if found else "none found")
         done = collect(args.dest, args.queues, root)
     except CollectError as err:
@@ -42,9 +42,8 @@ def main(argv=None) -> int:
         print(f"collect_gpu_session: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"collect_gpu_session: interrupted: DEST is as before, complete, or marked half-merged ({INCOMPLETE_MARK}: "
-              "run the same command again)",
-              file=sys.stderr)
+        print(f"collect_gpu_session: interrupted: DEST is as before, complete, or marked half-merged "
+              f"({INCOMPLETE_MARK}: run the same command again)", file=sys.stderr)
         return 130
     print(f"collected {len(args.queues)} queue folders into {args.dest} "
           f"({'new folder' if done.new_dest else 'merged into the existing folder'})")

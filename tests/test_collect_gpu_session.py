@@ -187,9 +187,10 @@ def test_explicit_repo_root_where_none_can_be_read(tmp_path, queues, capsys):
     shutil.copytree(queues[1], plain)
     rc, out, _ = _run(tmp_path / "a", plain, capsys=capsys)
     assert rc == 0 and "none (none found)" in out
-    assert "INFO cwd /srv/gpu/nwor" in (tmp_path / "a" / "gpu-smoke" / "early_exit_grid" / f"{EE2}.vllm.log").read_text()
+    log = Path("gpu-smoke") / "early_exit_grid" / f"{EE2}.vllm.log"
+    assert "INFO cwd /srv/gpu/nwor\n" in (tmp_path / "a" / log).read_text()
     assert _run(tmp_path / "b", plain, "--repo-root", GPU_ROOT + "/", capsys=capsys)[0] == 0
-    assert "INFO cwd .\n" in (tmp_path / "b" / "gpu-smoke" / "early_exit_grid" / f"{EE2}.vllm.log").read_text()
+    assert "INFO cwd .\n" in (tmp_path / "b" / log).read_text()
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -227,3 +228,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, queues, capsys, case, messag
     rc, _, err = _run(dest, *given, capsys=capsys)
     assert rc == 2 and len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "dest").exists() and not (queues[0] / "merged").exists()
+
+
+def test_two_repo_roots_in_the_queues_strip_neither(tmp_path, queues, capsys):
+    (queues[2] / "gpu-smoke" / "moved.txt").write_text("/mnt/other/outputs/h100s9/j0/gpu-smoke\n")
+    rc, out, _ = _run(tmp_path / "a", *queues, capsys=capsys)
+    assert rc == 0 and f"several found ({GPU_ROOT}, /mnt/other): pass --repo-root" in out
+    assert (tmp_path / "a" / "gpu-smoke" / "moved.txt").read_text() == "/mnt/other/outputs/h100s9/j0/gpu-smoke\n"
