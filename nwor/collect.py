@@ -86,7 +86,7 @@ def infer_repo_root(queues: list[Path]) -> tuple[str | None, Counter]:
         pattern = re.compile(_START + r"(/[^\s\"'<>:;,=\\]*?)/" + re.escape(below) + _END)
         for path in _files(queue):
             if path.suffix in TEXT_SUFFIXES:
-                found.update(pattern.findall(path.read_text(encoding="utf-8", errors="surrogateescape")))
+                found.update(pattern.findall(_read_text(path)))
     return (next(iter(found)) if len(found) == 1 else None), found
 
 
@@ -96,8 +96,7 @@ def merge_logs(texts: list[str], existing: str = "") -> str:
     `existing` are not added again, so merging the same queues twice changes nothing."""
     def entries(text: str) -> list[tuple[str, str]]:
         out: list[list[str]] = []
-        for line in text.splitlines(keepends=True):
-            line = line if line.endswith("\n") else line + "\n"
+        for line in _lines(text):
             stamp = _STAMP.match(line)
             if stamp or not out:
                 out.append([stamp.group(1) if stamp else "", line])
@@ -228,7 +227,7 @@ def scan(folder: Path):
     """Yield `path:line: match` for each absolute /root, /tmp, /work, /home or /opt path left in a text file."""
     for path in _files(folder):
         if path.suffix in TEXT_SUFFIXES:
-            for number, line in enumerate(_read_text(path).splitlines(), 1):
+            for number, line in enumerate(_lines(_read_text(path)), 1):
                 for match in LEFTOVER.finditer(line):
                     yield f"{path}:{number}: {line[match.start():match.start() + 60].split()[0]}"
 
@@ -270,7 +269,13 @@ def _files(folder: Path):
 
 
 def _read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="surrogateescape")  # keeps any non-UTF-8 byte as it was
+    # Bytes as they are: no newline translation (tqdm's `\r` progress lines stay), non-UTF-8 bytes kept.
+    return path.read_bytes().decode("utf-8", "surrogateescape")
+
+
+def _lines(text: str) -> list[str]:
+    """Lines ending in `\n` (the last one given one): split at `\n` only, not at `\r` as splitlines() does."""
+    return [line + "\n" for line in text.removesuffix("\n").split("\n")] if text else []
 
 
 def _redacted(path: Path, redact) -> bytes:

@@ -51,9 +51,9 @@ def queues(tmp_path):
         f"[2026-11-27 17:00:01] START    adaptive_grid/{RUN1}\n")
     _result(SMOKE / "early_exit_grid" / f"{EE2}.json", j1 / "gpu-smoke" / "early_exit_grid" / f"{EE2}.json", "q1")
     (j1 / "gpu-smoke" / "early_exit_grid" / f"{EE2}.vllm.log").write_text(
-        f"INFO cwd {GPU_ROOT}\nINFO cache /tmp/nwor-q1/tmp/tmpu4.json\n")
+        f"INFO cwd {GPU_ROOT}\nINFO cache /tmp/nwor-q1/tmp/tmpu4.json\nshards 0%\rshards 100%\r\n")  # tqdm's \r
     (j1 / "gpu-smoke" / "master_experiment.log").write_text(
-        f"[2026-11-27 17:02:00] START    early_exit_grid/{EE2}\nTraceback line without a stamp\n"
+        f"[2026-11-27 17:02:00] START    early_exit_grid/{EE2}\nTraceback 0%\r100%\n"
         f"[2026-11-27 17:05:00] FAILED   early_exit_grid/{EE2}\n")
     (j1 / "gpu-smoke" / ".nwor.lock").write_text("{}")  # a stale lock: left out
     shutil.copy(SMOKE / "early_exit_grid" / f"{EE2}.json", j1 / "gpu-smoke" / "same.json")
@@ -84,9 +84,9 @@ def test_merges_layout_logs_and_redacts(tmp_path, queues, capsys):
         "gpu-smoke/adaptive_grid/experiment.log", "gpu-smoke/master_experiment.log", "gpu-smoke/same.json",
         f"gpu-smoke/early_exit_grid/{EE2}.json", f"gpu-smoke/early_exit_grid/{EE2}.vllm.log",
         "gpu-smoke-1x/controller_grid/ctl_synthetic_a0.2_r36_t128_d10.json"}  # no .ncu-rep, no .nwor.lock
-    assert (dest / "gpu-smoke" / "master_experiment.log").read_text().splitlines() == [
+    assert (dest / "gpu-smoke" / "master_experiment.log").read_bytes().decode().split("\n")[:-1] == [
         f"[2026-11-27 17:00:01] START    adaptive_grid/{RUN1}", f"[2026-11-27 17:02:00] START    early_exit_grid/{EE2}",
-        "Traceback line without a stamp", f"[2026-11-27 17:05:00] COMPLETE adaptive_grid/{RUN1}",
+        "Traceback 0%\r100%", f"[2026-11-27 17:05:00] COMPLETE adaptive_grid/{RUN1}",
         f"[2026-11-27 17:05:00] FAILED   early_exit_grid/{EE2}"]  # equal stamps keep the queues' order
     doc = json.loads((dest / "gpu-smoke" / "adaptive_grid" / f"{RUN1}.json").read_text())  # still valid JSON
     assert doc["machine_paths"] == [
@@ -94,8 +94,8 @@ def test_merges_layout_logs_and_redacts(tmp_path, queues, capsys):
         "<image-venv>/lib/python3.12/site-packages/vllm",
         f"outputs/h100s9/j0/gpu-smoke/{RUN1}.ncu-rep", "log line\n<machine-tmp>/nwor-q0/vllm/cache"]
     assert doc["run_id"] == json.loads((SMOKE / "adaptive_grid" / f"{RUN1}.json").read_text())["run_id"]
-    assert (dest / "gpu-smoke" / "early_exit_grid" / f"{EE2}.vllm.log").read_text() == (
-        "INFO cwd .\nINFO cache <machine-tmp>/nwor-q1/tmp/tmpu4.json\n")
+    assert (dest / "gpu-smoke" / "early_exit_grid" / f"{EE2}.vllm.log").read_bytes() == (
+        b"INFO cwd .\nINFO cache <machine-tmp>/nwor-q1/tmp/tmpu4.json\nshards 0%\rshards 100%\r\n")
     assert f"repository root on the GPU machine: {GPU_ROOT} (read from" in out
     assert "ncu reports dropped (*.ncu-rep): 1" in out and "dot files left out: 1" in out
     assert f"{queues[0]}: 2 files merged" in out and f"{queues[2]}: 1 files merged" in out
