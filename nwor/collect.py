@@ -177,6 +177,7 @@ def collect(dest: Path, queues: list[Path], repo_root: str | None) -> Collected:
     redact = redactor(repo_root)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.collect-", dir=dest.parent))
+    os.chmod(staging, 0o755)  # mkdtemp makes 0700; a new DEST is this folder renamed, and artifacts are shared
     try:
         staged: dict[Path, tuple[str, str]] = {}  # rel -> (digest, source)
         logs: dict[Path, list[str]] = {}

@@ -103,6 +103,7 @@ def test_merges_layout_logs_and_redacts(tmp_path, queues, capsys):
     assert "runs (result JSON) in gpu-smoke-1x/controller_grid: 1" in out
     assert "identical copies skipped: 1" in out and err == ""
     assert os.listdir(dest.parent) == ["session9"]  # the staging folder is gone
+    assert dest.stat().st_mode & 0o055 == 0o055  # readable by all, as the folders nwor writes
 
 
 def test_conflict_between_queues_writes_nothing(tmp_path, queues, capsys):
