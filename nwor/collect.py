@@ -249,15 +249,13 @@ def _move_into_place(staging: Path, dest: Path, queues: list[Path]) -> None:
 @contextmanager
 def _interrupt_deferred():
     """Hold Ctrl-C while files move into DEST (a few renames), then raise it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    caught, main = [], threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True)) if main else None
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if main:
+            signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt
 
@@ -292,9 +290,9 @@ def _redacted(path: Path, redact) -> bytes:
 def _parses(text: str) -> bool:
     try:
         json.loads(text)
+        return True
     except ValueError:
         return False
-    return True
 
 
 def _write(path: Path, data: bytes, rel: Path, dest: Path) -> None:
