@@ -113,9 +113,13 @@ def plot_kv_writes(early_exit: pd.DataFrame) -> plt.Figure:
     timed = treated[treated.latency_overhead_pct.notna()] if "latency_overhead_pct" in treated else treated[:0]
     if timed.empty:
         no_data(latency, reason_of(treated, "pair_reason", "no latency comparison"))
+    verdicts = timed.get("latency_overhead_pct_verdict", pd.Series("", index=timed.index)).astype(str)
     for label, data in timed.groupby("label", sort=False):
+        batch_only = verdicts[data.index].str.startswith("no verdict").all()  # one engine a side
         latency.errorbar(data.confidence_threshold, data.latency_overhead_pct,
-                         yerr=error_bars(data, "latency_overhead_pct"), fmt="o", capsize=3, label=label)
+                         yerr=error_bars(data, "latency_overhead_pct"), fmt="o", capsize=3,
+                         mfc="none" if batch_only else None,
+                         label=f"{label} (batch-only interval)" if batch_only else label)
     latency.axhspan(*EARLY_EXIT_LATENCY_CLAIM_PCT, color="tab:purple", alpha=0.15, label="fork's claim: 1-3 %")
     latency.axhline(0, color="0.5", lw=1)
     latency.legend(fontsize=8)
