@@ -12,6 +12,8 @@ import math
 
 import pandas as pd
 
+from nwor.analysis import first_present
+
 KV_WRITES_CLAIM_PCT = (40.0, 60.0)       # "~50 % fewer speculative KV writes"
 EARLY_EXIT_LATENCY_CLAIM_PCT = (1.0, 3.0)  # "at 1-3 % latency cost"
 ADAPTIVE_LATENCY_CLAIM_PCT = (20.0, 50.0)  # "20-50 % lower latency"
@@ -32,15 +34,10 @@ def verdict(value: float, low: float, high: float, claim: tuple[float, float]) -
     return "consistent with the claim (interval overlaps it)"
 
 
-def _text(*values) -> str | None:
-    """The first value that is a non-empty string (table cells hold NaN where a reason is missing)."""
-    return next((v for v in values if isinstance(v, str) and v), None)
-
-
 def _note(instances, study_verdict, *reasons) -> str | None:
     """What an interval rests on and the study's own verdict on it (a batch-only interval gets none)."""
-    said = [text for text in (_text(instances), _text(study_verdict)) if text]
-    return "; ".join(said) if said else _text(*reasons)
+    said = [text for text in (first_present(instances), first_present(study_verdict)) if text]
+    return "; ".join(said) if said else first_present(*reasons)
 
 
 def _row(feature, claim, label, setting, measured, value, low, high, band, note, study_verdict=None) -> dict:
@@ -64,7 +61,7 @@ def check_early_exit(early_exit: pd.DataFrame) -> pd.DataFrame:
         rows.append(_row("early exit", kv_claim, r.label, setting,
                          "drafter KV-write bytes, whole window (ncu KV-write sub-pass)",
                          g("kv_drafter_write_reduction_pct", math.nan), math.nan, math.nan, KV_WRITES_CLAIM_PCT,
-                         _text(g("kv_reason"),
+                         first_present(g("kv_reason"),
                                "includes the drafter's prompt and first-pass writes, which no gate stops")))
         rows.append(_row("early exit", lat_claim, r.label, setting, "latency overhead vs threshold 0.0",
                          g("latency_overhead_pct", math.nan), g("latency_overhead_pct_ci_low", math.nan),

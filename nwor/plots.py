@@ -291,3 +291,18 @@ def save_figure(fig: plt.Figure, folder: str | Path, name: str) -> list[Path]:
     plt.close(fig)
     logger.info("saved %s", ", ".join(map(str, paths)))
     return paths
+
+
+def show_figure(fig: plt.Figure | str, folder: str | Path, name: str):
+    """A report cell's output: the figure, saved as `<folder>/<name>`, or a Markdown note where a plot function
+    returned one (its string says why there is nothing to draw).
+
+    Raises:
+        OSError: the figure cannot be written.
+    """
+    from IPython.display import Markdown
+
+    if isinstance(fig, str):
+        return Markdown(fig)
+    save_figure(fig, folder, name)
+    return fig

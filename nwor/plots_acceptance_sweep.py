@@ -45,12 +45,6 @@ def show_acceptance_sweep(arms: pd.DataFrame, levels: pd.DataFrame, folder):
     Raises:
         OSError: the figure cannot be written.
     """
-    from IPython.display import Markdown
+    from nwor.plots import show_figure
 
-    from nwor.plots import save_figure
-
-    fig = plot_acceptance_sweep(arms, levels)
-    if isinstance(fig, str):
-        return Markdown(fig)
-    save_figure(fig, folder, "acceptance_sweep")
-    return fig
+    return show_figure(plot_acceptance_sweep(arms, levels), folder, "acceptance_sweep")

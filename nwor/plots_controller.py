@@ -66,12 +66,6 @@ def show_trajectory(traces: pd.DataFrame, folder, run_id: str | None = None):
     Raises:
         OSError: the figure cannot be written.
     """
-    from IPython.display import Markdown
+    from nwor.plots import show_figure
 
-    from nwor.plots import save_figure
-
-    fig = plot_trajectory(traces, run_id)
-    if isinstance(fig, str):
-        return Markdown(fig)
-    save_figure(fig, folder, "controller_trajectory")
-    return fig
+    return show_figure(plot_trajectory(traces, run_id), folder, "controller_trajectory")
