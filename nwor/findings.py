@@ -146,7 +146,7 @@ def _fmt_ci(row, name: str) -> str:
                 getattr(row, f"{name}_ci_high", math.nan))
 
 
-def _pick_threshold(early_exit: pd.DataFrame, temperature: float, differs: set, max_overhead: float):
+def _pick_threshold(early_exit: pd.DataFrame, temperature: float, differs: dict, max_overhead: float):
     candidates = early_exit[(early_exit.role == "treatment") & (early_exit.temperature == temperature)] \
         if len(early_exit) else early_exit
     if candidates.empty:
@@ -185,14 +185,16 @@ def recommend(adaptive: pd.DataFrame, early_exit: pd.DataFrame, determinism: pd.
     DRAM write reduction whose instance-aware latency-overhead CI stays below `max_latency_overhead_pct`
     and whose outputs match threshold 0.0; 0.0 (off) when none qualifies, None when nothing was measured.
     """
-    differs = set(determinism[determinism.status == "differs"].treatment_run_id)
+    differing = determinism[determinism.status == "differs"]
+    differs = dict(zip(differing.treatment_run_id, differing.reason))  # run id -> how many differ, and how
     rows = []
     for r in adaptive.itertuples():
         latency, said = _fmt_ci(r, "latency_reduction_pct"), getattr(r, "latency_reduction_pct_verdict", None)
         if pd.isna(getattr(r, "latency_reduction_pct", math.nan)):
             choice, why = "no recommendation", first_present(r.reason, said)
         elif r.treatment_run_id in differs:
-            choice, why = "off", f"outputs differ from adaptive off at temperature 0; latency reduction {latency}"
+            choice, why = "off", (f"outputs differ from adaptive off: {differs[r.treatment_run_id]}; "
+                                   f"latency reduction {latency}")
         elif str(said).startswith("improvement"):
             choice, why = "on", (f"latency reduction {latency}, throughput {_fmt_ci(r, 'throughput_improvement_pct')}"
                                  f", draft tokens {_fmt(-r.draft_token_reduction_pct)}; {r.instances}")

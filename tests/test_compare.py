@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nwor import analysis, arms, compare, determinism, pairing, stats
+from nwor import analysis, arms, compare, determinism, grid, pairing, stats
 
 RESULTS = Path(__file__).parent / "fixtures" / "results"
 AA_WITHIN, AA_ENGINES = "aa_run3_r36_t128_temp0.0_d10_within", "aa_run3_r36_t128_temp0.0_d10_engines"
@@ -167,3 +167,28 @@ def test_determinism_surfaces_the_differing_pair():
 def test_determinism_counts_missing_outputs_in_common_batches_only():
     assert determinism.count_differing({0: ["a", "b"], 1: ["c", "d"]}, {0: ["a", "x"], 1: ["c"]}) == (4, 2)
     assert determinism.count_differing({0: ["a"], 1: ["b"]}, {0: ["a"]}) == (1, 0)
+
+
+def _batches(*rows):
+    return pd.DataFrame([{"instance": i, "round": r, "output_hashes": h} for i, r, h in rows])
+
+
+def test_differing_slots_tells_repeatable_differences_from_engine_noise():
+    base = _batches((0, 0, ["a", "b"]), (1, 0, ["a", "b"]))
+    # The same slot differs in both engines: one distinct slot, every engine agrees.
+    assert determinism.differing_slots(base, _batches((0, 0, ["a", "x"]), (1, 0, ["a", "x"]))) == (1, True)
+    # Engines of one run disagree: engine-to-engine nondeterminism, slots counted once each.
+    assert determinism.differing_slots(base, _batches((0, 0, ["y", "x"]), (1, 0, ["a", "x"]))) == (2, False)
+    # A missing output is a differing slot; results without instance/round give no answer.
+    assert determinism.differing_slots(base, _batches((0, 0, ["a"]), (1, 0, ["a"]))) == (1, True)
+    assert determinism.differing_slots(_batches((None, None, ["a"])), _batches((None, None, ["b"]))) is None
+
+
+def test_h100_adaptive_outputs_differ_repeatably_in_every_engine():
+    """Session 6 (H100, 4 engines a run): adaptive off is identical across runs; on, 7 prompt slots differ."""
+    root = Path(__file__).resolve().parents[1] / "outputs" / "gpu-h100-protocol" / "session6"
+    frames = analysis.load_profile(root, "gpu-smoke", expected=grid.planned_run_ids("gpu-smoke"))
+    row = determinism.check_determinism(frames).set_index("treatment_run_id").loc[
+        "run3_r36_t128_temp0.0_d10_adaptive1"]
+    assert (row.status, row.n_requests, row.n_differ) == ("differs", 1152, 28)
+    assert "(7 distinct prompt slots; each run's outputs are the same in all its engines" in row.reason
