@@ -33,7 +33,7 @@ def route_vllm_logs(log_path: str | Path, level: str = "INFO") -> None:
     # Beside the log, not in the temp folder. vLLM reads it at import in this process and in each engine
     # process it spawns: start_engine removes it once the engine is up (and rewrites it for a later engine).
     global _LOGGING_CONFIG
-    _LOGGING_CONFIG = (log_path.with_name(f".{log_path.name}.logging.json"), json.dumps(config))
+    _LOGGING_CONFIG = (logging_config_path(log_path), json.dumps(config))
     _write_logging_config()
     atexit.register(_drop_logging_config)
     os.environ["VLLM_CONFIGURE_LOGGING"] = "1"
@@ -41,6 +41,12 @@ def route_vllm_logs(log_path: str | Path, level: str = "INFO") -> None:
 
 
 _LOGGING_CONFIG: tuple[Path, str] | None = None  # (path, text) of the logging configuration vLLM reads
+
+
+def logging_config_path(log_path: str | Path) -> Path:
+    """The hidden logging configuration written beside a run's vLLM log while its engines start."""
+    log_path = Path(log_path)
+    return log_path.with_name(f".{log_path.name}.logging.json")
 
 
 def _write_logging_config() -> None:

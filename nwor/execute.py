@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from nwor.config import SPEC_FIELDS, RunSpec
-from nwor.engine import PROCESS_ENDS_ENV
+from nwor.engine import PROCESS_ENDS_ENV, logging_config_path
 from nwor.errors import ConfigError, RunFailed, is_refusal
 from nwor.files import use_atomic_notebook_writes
 from nwor.kernel import ipc_kernel_manager_class
@@ -116,6 +116,10 @@ def run_notebook(spec: RunSpec, *, root=None, notebook: Path | None = None) -> d
         write_result(result_path, failure(spec, err, notebook=str(executed)))
         raise RunFailed(f"run {spec.run_id} failed: {type(err).__name__}: {err} (see {executed})",
                         run_id=spec.run_id, notebook=str(executed)) from None
+    finally:
+        # An immediate kernel shutdown skips the kernel's atexit hooks, so the runner removes the logging
+        # configuration a last engine start may have left beside the log.
+        logging_config_path(log_path).unlink(missing_ok=True)
     if not Path(result_path).exists():
         write_result(result_path, failure(spec, "notebook finished without writing its result",
                                           notebook=str(executed)))

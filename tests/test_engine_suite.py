@@ -133,6 +133,8 @@ def test_executed_notebooks_have_no_errors_and_no_log_flood(suite):
         streams = "".join("".join(o["text"]) for o in outputs if o["output_type"] == "stream")
         assert "INFO" not in streams and "Loading safetensors" not in streams, streams[:500]
         assert (suite["grid_dir"] / f"{run}.vllm.log").stat().st_size > 0
+    # The logging configuration the engines read is hidden beside the log; none may outlive its run.
+    assert not list(suite["grid_dir"].glob(".*.logging.json"))
 
 
 def test_report_renders_on_partial_smoke_outputs(suite):
