@@ -32,6 +32,16 @@ def controls_figure(latencies: pd.DataFrame, folder) -> plt.Figure | None:
     return fig
 
 
+def _instances_note(latencies: pd.DataFrame) -> str:
+    """How many engine instances stand behind the arms, so a missing bar is read right: a single instance has
+    no interval, and an interval narrower than its marker is hidden behind it."""
+    counts = sorted({int(n) for n in latencies.instances.dropna()})
+    single = (latencies.instances == 1).sum()
+    said = f"engine instances per arm: {', '.join(map(str, counts))}" if counts else "engine instances unknown"
+    return (f"{said}; {single} arm(s) of one instance have no interval; an interval narrower than its marker "
+            "is hidden behind it." if single else f"{said}; an interval narrower than its marker is hidden behind it.")
+
+
 def plot_controls(latencies: pd.DataFrame) -> plt.Figure:
     """One panel per workload: a point and 95 % interval per arm; the best static K green, its ties hollow
     green; "no controls results" written on an empty figure when the grid was not run.
@@ -60,6 +70,6 @@ def plot_controls(latencies: pd.DataFrame) -> plt.Figure:
         ax.set_title(f"{mine.label.iloc[0]}: best static K filled green, tied Ks hollow green", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.text(0.01, -0.01, "95 % intervals: hierarchical bootstrap over engine instances, then batches "
-             "(nwor.stats.mean_ci); arms without one had a single engine instance.", fontsize=7)
+             f"(nwor.stats.mean_ci); {_instances_note(latencies)}", fontsize=7)
     fig.tight_layout()
     return fig

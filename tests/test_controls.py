@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from nwor import controls
-from nwor.analysis import ARM_BATCH_COLUMNS, Frames
+from nwor.analysis import ARM_BATCH_COLUMNS, Frames, load_profile
 from nwor.plots_controls import plot_controls
 
 NAN = math.nan
@@ -121,3 +122,14 @@ def test_controls_figure_saves_only_with_results(tmp_path):
     assert not (tmp_path / "none").exists()
     assert controls_figure(controls.arm_latencies(_frames()), tmp_path) is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["controls.png", "controls.svg"]
+
+
+def test_plot_footnote_counts_the_engines_behind_the_bars():
+    """H100 session 6: every arm had 2 engines, and some intervals are narrower than the marker."""
+    root = Path(__file__).resolve().parents[1] / "outputs" / "gpu-h100-protocol" / "session6"
+    lat = controls.arm_latencies(load_profile(root, "gpu-smoke"))
+    note = " ".join(t.get_text() for t in plot_controls(lat).texts)
+    assert "engine instances per arm: 2;" in note and "of one instance" not in note
+    one = lat.assign(instances=lat.instances.where(lat.arm != "nospec", 1))
+    assert "engine instances per arm: 1, 2; 3 arm(s) of one instance have no interval" in " ".join(
+        t.get_text() for t in plot_controls(one).texts)
