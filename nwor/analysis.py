@@ -1,7 +1,7 @@
 """Load a profile's result JSONs into tidy frames: the first stage of the report (load -> compare -> findings -> plots).
 
-Frames: `runs` (one row per run; failed, refused, missing and unreadable ones with their reason),
-`arm_batches` (one row per measured batch of every arm and engine instance, from `replicates[]`),
+Frames: `runs` (one row per run, with its `machine` (nwor.machines); failed, refused, missing and unreadable ones
+with their reason), `arm_batches` (one row per measured batch of every arm and engine instance, from `replicates[]`),
 `arm_counters` (vLLM's draft counters per arm, summed over its instances),
 `batches` (the seed's `results[]`, arm "run"), `requests` (`requests[]`) and `skipped` (unreadable files).
 """
@@ -19,6 +19,7 @@ import pandas as pd
 
 from nwor.errors import SchemaError
 from nwor.kv_writes import KV_COLUMNS, kv_fields
+from nwor.machines import machine_name
 from nwor.ncu_metrics import DRAM_WRITE
 from nwor.paths import is_side_result, report_folder
 from nwor.results import SCHEMA_VERSION, STATUSES, read_result
@@ -199,7 +200,8 @@ def _run_row(doc: dict, path: Path) -> dict:
     ncu, early_exit = g("ncu") or {}, g("early_exit") or {}
     dram = (mode.get("ncu_metrics") or {}).get(DRAM_WRITE, (ncu.get("totals") or {}).get(DRAM_WRITE))
     row = {"run_id": doc["run_id"], "grid": doc.get("grid"), "profile": doc.get("profile"),
-           "status": doc["status"], "reason": _reason(doc), "path": str(path), **_design_fields(doc),
+           "status": doc["status"], "reason": _reason(doc), "path": str(path), "machine": machine_name(env),
+           **_design_fields(doc),
            "workload_number": _prefer(path, "workload number", workload.get("number"), ids.get("workload_number")),
            "workload_name": workload.get("name"),
            # Profiles scale requests and tokens (run ids keep the grid's nominal values): the JSON wins.
@@ -232,7 +234,7 @@ def _placeholder(run_id: str, grid: str, profile: str, status: str, reason: str)
     # A run the report must show without a readable result: its parameters come from the run id.
     fields = parse_run_id(run_id)
     row = {"run_id": run_id, "grid": grid, "profile": profile, "status": status, "reason": reason,
-           "workload_name": None, "arms": [], "arm_settings": {},
+           "workload_name": None, "arms": [], "arm_settings": {}, "machine": None,
            **{k: fields.get(k) for k in ("workload_number", "num_prompts", "max_tokens", "temperature",
                                          "adaptive", "confidence_threshold")}}
     return {**row, "label": _label(row)}

@@ -4,7 +4,8 @@ A run's `replicates` hold batches of one or more arms over one or more engine in
 the same engines are compared paired (within-engine: engine-to-engine variance cancels), arms with engines
 of their own unpaired (engines-interleaved), both with `nwor.stats.change_ci`. Two arms of identical
 settings are an A/A comparison: its interval is the band of differences noise alone produces, and an
-effect whose interval overlaps the band of its design is "not established".
+effect whose interval overlaps the band of its design is "not established". A band holds on the machine of its
+A/A runs only (nwor.machines): a comparison on a known machine takes its band from that machine's A/A runs.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pandas as pd
 
 from nwor import stats
 from nwor.analysis import Frames
+from nwor.machines import UNKNOWN, is_known, only_machine
 from nwor.stats import Estimate
 
 ACROSS_RUNS = "across runs"  # two result files, each its own engine instance(s), run one after the other
@@ -130,7 +132,7 @@ def describe(estimate: Estimate, paired: bool) -> str:
 def within_run(frames: Frames, samples: Samples | None = None) -> pd.DataFrame:
     """Every arm of every ok multi-arm run against its reference arm, one row each; `aa` marks A/A pairs.
 
-    Columns: grid, run_id, label, design, reference_arm, arm, aa, paired, instances, method and the
+    Columns: grid, run_id, label, machine, design, reference_arm, arm, aa, paired, instances, method and the
     latency and throughput change % with their intervals.
     """
     samples = samples or Samples(frames.arm_batches)
@@ -140,7 +142,8 @@ def within_run(frames: Frames, samples: Samples | None = None) -> pd.DataFrame:
         for reference, arm in arm_pairs(samples, run.run_id, arms):
             est = change(samples, (run.run_id, reference), (run.run_id, arm))
             design, paired = comparison_design(samples, (run.run_id, reference), (run.run_id, arm))
-            row = {"grid": run.grid, "run_id": run.run_id, "label": run.label, "design": design,
+            row = {"grid": run.grid, "run_id": run.run_id, "label": run.label, "machine": getattr(run, "machine", None),
+                   "design": design,
                    "reference_arm": reference, "arm": arm, "paired": paired,
                    "aa": _settings(run.arm_settings, arm) == _settings(run.arm_settings, reference),
                    "instances": describe(est["latency"], paired), "method": est["latency"].method,
@@ -148,8 +151,8 @@ def within_run(frames: Frames, samples: Samples | None = None) -> pd.DataFrame:
             for name, estimate in est.items():
                 put(row, f"{name}_change_pct", estimate)
             rows.append(row)
-    columns = ["grid", "run_id", "label", "design", "reference_arm", "arm", "aa", "paired", "instances", "method",
-               "feature_impl", "vllm"]
+    columns = ["grid", "run_id", "label", "machine", "design", "reference_arm", "arm", "aa", "paired", "instances",
+               "method", "feature_impl", "vllm"]
     columns += [f"{m}_change_pct{s}" for m in METRICS for s in ("", "_ci_low", "_ci_high", "_note")]
     return pd.DataFrame(rows, columns=columns)
 
@@ -190,10 +193,13 @@ def calibration(within: pd.DataFrame) -> pd.DataFrame:
     return aa.reset_index(drop=True)
 
 
-def aa_band(aa: pd.DataFrame, design: str, metric: str = "latency") -> tuple[tuple[float, float] | None, str]:
+def aa_band(aa: pd.DataFrame, design: str, metric: str = "latency",
+            machine: str | None = None) -> tuple[tuple[float, float] | None, str]:
     """The A/A band (low, high) of `metric` change % that calibrates `design`, and a line saying which.
 
-    The band spans every instance-aware A/A interval of that design (the widest, to be safe).
+    The band spans every instance-aware A/A interval of that design (the widest, to be safe). For a comparison
+    made on a known `machine`, only that machine's A/A runs count: a band measured elsewhere is not borrowed.
+    An unknown machine (older results) takes every A/A run, as before machines were recorded.
     """
     band_design = BAND_OF.get(design)
     name = f"{metric}_change_pct"
@@ -201,5 +207,24 @@ def aa_band(aa: pd.DataFrame, design: str, metric: str = "latency") -> tuple[tup
                 & (aa.method == stats.HIERARCHICAL)] if band_design and not aa.empty else aa.iloc[0:0]
     if usable.empty:
         return None, f"no A/A calibration for {design} designs (no instance-aware {band_design or design} A/A run)"
+    where = ""
+    if is_known(machine):
+        machines = usable["machine"].fillna(UNKNOWN) if "machine" in usable else pd.Series(UNKNOWN, usable.index)
+        if not (machines == machine).any():
+            return None, (f"no A/A calibration on this machine ({machine}): the {band_design} A/A runs come from "
+                          f"{', '.join(sorted(set(machines)))}")
+        usable, where = usable[machines == machine], f", on {machine}"
     low, high = float(usable[f"{name}_ci_low"].min()), float(usable[f"{name}_ci_high"].max())
-    return (low, high), f"A/A band {low:+.1f} to {high:+.1f}% ({band_design}, {', '.join(usable.run_id)})"
+    return (low, high), f"A/A band {low:+.1f} to {high:+.1f}% ({band_design}, {', '.join(usable.run_id)}{where})"
+
+
+def rows_band(aa: pd.DataFrame, rows: pd.DataFrame, design: str,
+              metric: str = "latency") -> tuple[tuple[float, float] | None, str]:
+    """`aa_band` for a figure of several comparisons (`rows`, with `machine`) drawn against one band.
+
+    Rows of one machine (or none known) share that machine's band; rows of several machines have no common band.
+    """
+    machine, n = only_machine(rows)
+    if n > 1:
+        return None, f"comparisons from {n} machines: no common A/A band (each row's calibration names its own)"
+    return aa_band(aa, design, metric, machine)

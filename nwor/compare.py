@@ -3,7 +3,7 @@ and the extra arms of calibration runs.
 
 A run that measured its own "baseline" arm is compared within itself (`nwor.arms`); older single-arm results
 are paired across run ids (`nwor.pairing`), each JSON contributing its own engine instances. Every verdict
-is judged against the A/A band of the comparison's design.
+is judged against the A/A band of the comparison's design, from A/A runs on the comparison's machine.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pandas as pd
 from nwor import stats
 from nwor.analysis import Frames, first_present
 from nwor.arms import Samples, aa_band, change, comparison_design, describe, put
+from nwor.machines import machine_of, shared_machine
 from nwor.stats import Estimate
 
 
@@ -21,17 +22,19 @@ def _negated(band):
     return None if band is None else (-band[1], -band[0])
 
 
-def _compared(row: dict, samples: Samples, base: tuple, treat: tuple, aa: pd.DataFrame, names: dict) -> None:
-    """Fill `row` with one comparison: names maps metric -> (column, sign, better)."""
+def _compared(row: dict, samples: Samples, base: tuple, treat: tuple, aa: pd.DataFrame, names: dict,
+              machines: dict) -> None:
+    """Fill `row` with one comparison: names maps metric -> (column, sign, better); machines run id -> machine."""
     est = change(samples, base, treat)
     design, paired = comparison_design(samples, base, treat)
+    machine = shared_machine(machines.get(base[0]), machines.get(treat[0]))
     row.update(design=design, method=est["latency"].method, instances=describe(est["latency"], paired),
-               samples_baseline=base, samples_treatment=treat, paired=paired)
+               samples_baseline=base, samples_treatment=treat, paired=paired, machine=machine)
     for role, key in (("baseline", base), ("treatment", treat)):
         put(row, f"{role}_latency_s", stats.mean_ci(samples.values(*key, "latency_s")))
     notes = []
     for metric, (column, sign, better) in names.items():
-        band, note = aa_band(aa, design, metric)
+        band, note = aa_band(aa, design, metric, machine)
         estimate = est[metric] if sign > 0 else est[metric].negated()
         put(row, column, estimate, better, band if sign > 0 else _negated(band))
         notes.append(note)
@@ -46,7 +49,8 @@ EARLY_EXIT = {"latency": ("latency_overhead_pct", 1, "lower"), "throughput": ("t
 
 def _with_columns(rows: list[dict], first: list[str], names: dict) -> pd.DataFrame:
     # Every comparison column exists even when nothing could be compared (e.g. every run failed).
-    columns = first + ["comparison", "design", "instances", "method", "calibration", "paired", "samples_baseline",
+    columns = first + ["comparison", "machine", "design", "instances", "method", "calibration", "paired",
+                       "samples_baseline",
                        "samples_treatment", "baseline_latency_s", "baseline_latency_s_ci_low",
                        "baseline_latency_s_ci_high", "treatment_latency_s", "treatment_latency_s_ci_low",
                        "treatment_latency_s_ci_high"]
@@ -88,7 +92,7 @@ def compare_adaptive(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) -> p
     Draft-token reduction % is a point value (counters are totals, not per batch). `calibration` names the
     A/A band used.
     """
-    samples, runs = Samples(frames.arm_batches), frames.runs.set_index("run_id")
+    samples, runs, machines = Samples(frames.arm_batches), frames.runs.set_index("run_id"), machine_of(frames.runs)
     counters = frames.arm_counters.set_index(["run_id", "arm"]) if len(frames.arm_counters) else pd.DataFrame()
     rows = []
     for _, pair in pairs.iterrows():
@@ -103,7 +107,7 @@ def compare_adaptive(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) -> p
         row["feature_impl"] = f"{row['baseline_feature_impl']} vs {row['treatment_feature_impl']}"
         if pd.notna(pair.treatment_run_id) and samples.has(pair.treatment_run_id, "baseline"):
             _compared(row, samples, (pair.treatment_run_id, "baseline"), (pair.treatment_run_id, "run"), aa,
-                      ADAPTIVE)
+                      ADAPTIVE, machines)
             row.update(status="ok", comparison="within run")
             for role, arm in (("baseline", "baseline"), ("treatment", "run")):  # the arms' own counters
                 if (pair.treatment_run_id, arm) in counters.index:
@@ -111,7 +115,8 @@ def compare_adaptive(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) -> p
                     row[f"{role}_spec_num_draft_tokens"] = counted.num_draft_tokens
                     row[f"{role}_draft_acceptance_rate"] = counted.draft_acceptance_rate
         elif pair.status == "ok":
-            _compared(row, samples, (pair.baseline_run_id, "run"), (pair.treatment_run_id, "run"), aa, ADAPTIVE)
+            _compared(row, samples, (pair.baseline_run_id, "run"), (pair.treatment_run_id, "run"), aa, ADAPTIVE,
+                      machines)
             row["comparison"] = "across runs"
         else:
             row["latency_reduction_pct_verdict"] = row["throughput_improvement_pct_verdict"] = (
@@ -131,6 +136,7 @@ def compare_early_exit(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) ->
     `dram_reason` says why it is missing.
     """
     samples, runs = Samples(frames.arm_batches), frames.runs[frames.runs.grid == "early_exit_grid"]
+    machines = machine_of(frames.runs)
     by_id, by_treatment = runs.set_index("run_id"), pairs.set_index("treatment_run_id") if len(pairs) else None
     rows = []
     for _, run in runs.sort_values(["label", "confidence_threshold"]).iterrows():
@@ -150,10 +156,10 @@ def compare_early_exit(frames: Frames, pairs: pd.DataFrame, aa: pd.DataFrame) ->
         if pair is not None:
             row.update(baseline_run_id=pair.baseline_run_id, pair_status=pair.status, pair_reason=pair.reason)
         if row["role"] == "treatment" and samples.has(run.run_id, "baseline"):
-            _compared(row, samples, (run.run_id, "baseline"), (run.run_id, "run"), aa, EARLY_EXIT)
+            _compared(row, samples, (run.run_id, "baseline"), (run.run_id, "run"), aa, EARLY_EXIT, machines)
             row["comparison"] = "within run"
         elif pair is not None and pair.status == "ok":
-            _compared(row, samples, (pair.baseline_run_id, "run"), (run.run_id, "run"), aa, EARLY_EXIT)
+            _compared(row, samples, (pair.baseline_run_id, "run"), (run.run_id, "run"), aa, EARLY_EXIT, machines)
             row["comparison"] = "across runs"
         if pair is not None and pair.status == "ok":
             base = by_id.loc[pair.baseline_run_id]
@@ -182,14 +188,15 @@ def compare_arms(within: pd.DataFrame, aa: pd.DataFrame,
     """Every other arm comparison within a run (plugin overhead vs stock, scenarios vs their features off).
 
     The grids in `shown_elsewhere` have their own tables (`compare_adaptive`, `compare_early_exit`).
-    Latency overhead % (> 0 is slower) and throughput change %, with verdicts against the design's A/A band.
+    Latency overhead % (> 0 is slower) and throughput change %, with verdicts against the design's A/A band
+    (the run's machine's).
     """
     rows = []
     for _, r in within[~within.grid.isin(shown_elsewhere) & ~within.aa.astype(bool)].iterrows():
-        row = {k: r[k] for k in ("grid", "run_id", "label", "design", "reference_arm", "arm", "instances", "method",
-                                 "feature_impl", "vllm")}
+        row = {k: r.get(k) for k in ("grid", "run_id", "label", "machine", "design", "reference_arm", "arm",
+                                     "instances", "method", "feature_impl", "vllm")}
         for metric, (column, _, better) in EARLY_EXIT.items():
-            band, note = aa_band(aa, r.design, metric)
+            band, note = aa_band(aa, r.design, metric, row["machine"])
             estimate = Estimate(r[f"{metric}_change_pct"], r[f"{metric}_change_pct_ci_low"],
                                 r[f"{metric}_change_pct_ci_high"], method=r.method, note=r[f"{metric}_change_pct_note"])
             put(row, column, estimate, better, band)

@@ -15,6 +15,7 @@ import pandas as pd
 from nwor import stats
 from nwor.analysis import Frames
 from nwor.arms import Samples, aa_band, change, comparison_design, describe, verdict
+from nwor.machines import NOT_COMPARABLE, different_machines, machine_of, shared_machine
 
 GRID = "controls_grid"
 DYNAMIC_SUFFIX = "_dynamic_sd"
@@ -140,9 +141,10 @@ def statements(frames: Frames, aa: pd.DataFrame, latencies: pd.DataFrame | None 
 
     A negative change is faster. Verdicts use the instance-aware interval and the A/A band of the
     comparison's design (arms of one run: engines-interleaved; Dynamic SD vs the sweep's arms: across runs).
-    A Dynamic SD run that did not measure (refused on a build without it, failed) gives its reason instead.
+    A Dynamic SD run that did not measure (refused on a build without it, failed) gives its reason instead, and
+    one from another machine than the sweep's is "not comparable" (its band would be the wrong machine's too).
     """
-    samples = Samples(frames.arm_batches)
+    samples, machines = Samples(frames.arm_batches), machine_of(frames.runs)
     latencies = arm_latencies(frames, samples) if latencies is None else latencies
     runs = controls_runs(frames)
     rows = []
@@ -160,13 +162,18 @@ def statements(frames: Frames, aa: pd.DataFrame, latencies: pd.DataFrame | None 
                 row.update(verdict=f"not available: {why}")
                 rows.append(row)
                 continue
-            est = change(samples, ref, treat)["latency"]
             design, paired = comparison_design(samples, ref, treat)
-            band, band_text = aa_band(aa, design)
-            row.update(reference=f"{ref[0]}:{ref[1]}", treatment=f"{treat[0]}:{treat[1]}", design=design,
-                       latency_change_pct=est.value, ci_low=est.ci_low, ci_high=est.ci_high,
-                       verdict=verdict(est, "lower", band), band=band_text, instances=describe(est, paired),
-                       note=est.note)
+            row.update(reference=f"{ref[0]}:{ref[1]}", treatment=f"{treat[0]}:{treat[1]}", design=design)
+            ref_machine, treat_machine = machines.get(ref[0]), machines.get(treat[0])
+            elsewhere = different_machines(ref_machine, treat_machine)
+            if elsewhere:
+                row.update(verdict=f"{NOT_COMPARABLE}: {elsewhere}")
+            else:
+                est = change(samples, ref, treat)["latency"]
+                band, band_text = aa_band(aa, design, "latency", shared_machine(ref_machine, treat_machine))
+                row.update(latency_change_pct=est.value, ci_low=est.ci_low, ci_high=est.ci_high,
+                           verdict=verdict(est, "lower", band), band=band_text, instances=describe(est, paired),
+                           note=est.note)
             rows.append(row)
     return pd.DataFrame(rows, columns=STATEMENT_COLUMNS)
 

@@ -70,7 +70,8 @@ def check_determinism(frames: Frames) -> pd.DataFrame:
     """Compare `output_hashes` of every temperature-0 pair of runs (adaptive on/off, threshold vs 0.0).
 
     One row per pair with `n_requests`, `n_differ` and a `status`: "identical", "differs" (a finding),
-    "not required" (temperature > 0) or the pair's own status when a side was not measured.
+    "not required" (temperature > 0) or the pair's own status when a side was not measured or the two runs come
+    from different machines ("not comparable": another GPU may round near-ties differently).
     """
     hashes = frames.batches.set_index(["run_id", "batch"]).output_hashes if len(frames.batches) else None
     rows = []

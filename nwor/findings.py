@@ -12,6 +12,7 @@ import pandas as pd
 from nwor import stats
 from nwor.analysis import Frames, first_present
 from nwor.arms import UNCALIBRATED, Samples, aa_band, verdict
+from nwor.machines import UNKNOWN
 from nwor.ncu_metrics import DRAM_WRITE
 from nwor.stats import Estimate
 
@@ -34,12 +35,14 @@ def _estimate(row, name: str) -> Estimate:
 
 
 def _mean_over_workloads(frames: Frames, compared: pd.DataFrame, column: str, aa: pd.DataFrame):
-    """Mean over workloads of a compared metric, its interval, and the widest A/A band of their designs."""
+    """Mean over workloads of a compared metric, its interval, and the widest A/A band of their designs (each
+    from its comparisons' machine; none when one of them has no band)."""
     samples = Samples(frames.arm_batches)
     groups = [(samples.values(*r.samples_baseline, column), samples.values(*r.samples_treatment, column), r.paired)
               for r in compared.itertuples()]
-    bands = [aa_band(aa, design, "latency" if column == "latency_s" else "throughput")
-             for design in sorted(set(compared.design))]
+    machines = compared["machine"] if "machine" in compared else pd.Series(None, compared.index, dtype=object)
+    bands = [aa_band(aa, design, "latency" if column == "latency_s" else "throughput", machine)
+             for design, machine in sorted(set(zip(compared.design, machines.fillna(UNKNOWN))))]
     known = [band for band, _ in bands if band is not None]
     band = (min(b[0] for b in known), max(b[1] for b in known)) if len(known) == len(bands) else None
     return stats.mean_change_ci(groups), band, "; ".join(note for _, note in bands)

@@ -1,11 +1,13 @@
 """Pairing runs across run ids: which result is the baseline of which (adaptive off/on, threshold 0.0/> 0).
 
 Used where a run carries no baseline arm of its own (older results) and for the determinism check, which
-compares the outputs of two runs.
+compares the outputs of two runs. Two runs from different known machines are "not comparable" (nwor.machines).
 """
 from __future__ import annotations
 
 import pandas as pd
+
+from nwor.machines import NOT_COMPARABLE, different_machines
 
 
 def _pair_row(base: pd.DataFrame, treat: pd.DataFrame, what: str, want_id: str | None) -> dict:
@@ -22,6 +24,10 @@ def _pair_row(base: pd.DataFrame, treat: pd.DataFrame, what: str, want_id: str |
         for role, frame in (("baseline", base), ("treatment", treat)):
             if frame.status.iloc[0] != "ok":
                 row.update(status="not measured", reason=f"{role} {frame.run_id.iloc[0]} {frame.reason.iloc[0]}")
+    if row["status"] == "ok" and "machine" in base and "machine" in treat:
+        why = different_machines(base.machine.iloc[0], treat.machine.iloc[0])
+        if why:
+            row.update(status=NOT_COMPARABLE, reason=why)
     return row
 
 
@@ -30,7 +36,8 @@ def pair_adaptive(runs: pd.DataFrame) -> pd.DataFrame:
 
     Pairs by `workload_number` (the JSON's `workload.number`, else the run id) and checks that the
     treatment's id is the baseline's with `_adaptive0` replaced by `_adaptive1`. Every workload gets one
-    row; `status` is "ok", "unpaired" or "not measured", and `reason` says why when it is not ok.
+    row; `status` is "ok", "unpaired", "not measured" or "not comparable" (the runs come from different
+    machines), and `reason` says why when it is not ok.
     """
     grid = runs[runs.grid == "adaptive_grid"]
     rows = []
@@ -49,6 +56,7 @@ def pair_early_exit(runs: pd.DataFrame) -> pd.DataFrame:
     """Pair each early-exit run with threshold > 0 with the threshold-0.0 run of equal tokens and temperature.
 
     A run without such a baseline (e.g. run7 at t256) gets status "unpaired" and the reason; none is invented.
+    A baseline from another machine is "not comparable".
     """
     grid = runs[runs.grid == "early_exit_grid"]
     baselines = grid[grid.confidence_threshold == 0.0]

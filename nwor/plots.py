@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from nwor.arms import aa_band
+from nwor.arms import rows_band
 from nwor.stats import HIERARCHICAL
 from nwor.findings import acceptance_correlation
 
@@ -131,7 +131,7 @@ def plot_latency_by_workload(adaptive: pd.DataFrame, numbers: pd.DataFrame | Non
     right.axvline(0, color="0.5", lw=1)
     designs = adaptive.get("design", pd.Series(dtype=object)).dropna().unique()
     if aa is not None and len(designs):
-        band, note = aa_band(aa, designs[0])
+        band, note = rows_band(aa, adaptive[adaptive.design == designs[0]], designs[0])
         if band is not None:  # reductions are negated changes
             right.axvspan(-band[1], -band[0], color="0.5", alpha=0.25, label=f"A/A band ({designs[0]})")
         else:
@@ -263,7 +263,7 @@ def plot_calibration(aa: pd.DataFrame, arms: pd.DataFrame | None = None) -> plt.
         ax.annotate(f"{value:+.1f}% [{low:+.1f}, {high:+.1f}]", (value, i), xytext=(0, 7),
                     textcoords="offset points", ha="center", fontsize=7, color="0.3")
     for design, color in zip(sorted(set(aa.design)), ("tab:orange", "tab:green", "tab:purple")):
-        band, note = aa_band(aa, design)
+        band, note = rows_band(aa, aa[aa.design == design], design)  # one machine's band, or none
         if band is not None:
             ax.axvspan(*band, color=color, alpha=0.12, label=f"A/A band, {design}: {band[0]:+.1f} to {band[1]:+.1f}%")
     ax.axvline(0, color="0.5", lw=1)

@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from nwor.arms import aa_band
+from nwor.arms import rows_band
 from nwor.findings import MAX_LATENCY_OVERHEAD_PCT
 from nwor.fork_claims import EARLY_EXIT_LATENCY_CLAIM_PCT, KV_WRITES_CLAIM_PCT
 from nwor.plots import error_bars, finish, no_data, reason_of
@@ -49,9 +49,10 @@ def plot_threshold_tradeoff(early_exit: pd.DataFrame, aa: pd.DataFrame | None = 
             trade.annotate(f"{row.confidence_threshold} ({row.label})", (row.latency_overhead_pct,
                            row.dram_write_reduction_pct), xytext=(4, 4), textcoords="offset points", fontsize=7)
         trade.axvline(0, color="0.5", lw=1)
-        band = aa_band(aa, pairs.design.dropna().iloc[0])[0] if aa is not None and pairs.design.notna().any() else None
+        design = pairs.design.dropna().iloc[0] if pairs.design.notna().any() else None
+        band = rows_band(aa, pairs[pairs.design == design], design)[0] if aa is not None and design else None
         if band is not None:
-            trade.axvspan(*band, color="0.5", alpha=0.25, label=f"A/A band ({pairs.design.dropna().iloc[0]})")
+            trade.axvspan(*band, color="0.5", alpha=0.25, label=f"A/A band ({design})")
         trade.axvline(MAX_LATENCY_OVERHEAD_PCT, color="tab:red", lw=1, ls="--",
                       label=f"recommendation limit +{MAX_LATENCY_OVERHEAD_PCT}%")
         trade.legend(fontsize=8, loc="lower right")

@@ -92,6 +92,32 @@ def gpu_memory_used_bytes() -> int | None:
     return sum(int(v) for v in values) * 2**20 if values and all(v.isdigit() for v in values) else None
 
 
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+MACHINE_LABEL_ENV = "NWOR_MACHINE_LABEL"  # optional name a person gives the session's machine, e.g. "h100-session7"
+
+
+def machine_identity(boot_id_file: Path = BOOT_ID_FILE) -> dict:
+    """Which machine ran this: `machine_id`, 12 hex digits of sha256 over the kernel's boot id and the sorted
+    UUIDs of every GPU nvidia-smi lists, and `machine_label` from `NWOR_MACHINE_LABEL` (None when unset).
+
+    Runs compare only on one machine (the same configuration differed by 30 % between two), so the report
+    must know which runs share one. The hash names no host or path; nvidia-smi lists the host's GPUs whatever
+    CUDA_VISIBLE_DEVICES says, so the queues of one multi-GPU session share an id. Without a boot id (not
+    Linux) and without GPUs the id is None: the report treats such runs as from an unknown machine.
+    """
+    try:
+        parts = [boot_id_file.read_text().strip()]
+    except OSError:
+        parts = []
+    if shutil.which("nvidia-smi"):
+        out = _run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"])
+        parts += sorted(line.strip() for line in (out or "").splitlines() if line.strip())
+    parts = [p for p in parts if p]
+    label = os.environ.get(MACHINE_LABEL_ENV, "").strip() or None
+    return {"machine_id": hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12] if parts else None,
+            "machine_label": label}
+
+
 # Never recorded, whatever the prefix: results are shared (HF_TOKEN, API keys, ...).
 SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL")
 
@@ -203,6 +229,7 @@ def collect() -> dict:
     except ImportError:
         info["vllm_version"] = info["vllm_platform"] = info["vllm_source"] = None
     info.update(gpu_info())
+    info.update(machine_identity())
     ncu = shutil.which("ncu")
     info["ncu_version"] = (_run([ncu, "--version"]) or "").splitlines()[-1] if ncu else None
     info["env_vars"] = recorded_env()

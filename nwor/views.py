@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from nwor.analysis import first_present
+from nwor.machines import machine_counts, mixed_machines_warning
 
 
 def _ci(name: str) -> list[str]:
@@ -80,7 +81,8 @@ def _interval(row, name: str) -> str:
 
 
 def run_summary(frames) -> str:
-    """One Markdown line: how many runs were measured, and a loud warning when none was."""
+    """One Markdown line: how many runs were measured, a loud warning when none was, and one when the runs come
+    from more than one machine."""
     runs = frames.runs
     counts = ", ".join(f"{n} {status}" for status, n in runs.status.value_counts().items())
     ok = int((runs.status == "ok").sum())
@@ -89,7 +91,14 @@ def run_summary(frames) -> str:
                 "no comparison has data.")
     skipped = (f" {len(frames.skipped)} result file(s) could not be read and are listed below."
                if len(frames.skipped) else "")
-    return f"**{ok} of {len(runs)} runs measured** ({counts}).{skipped}"
+    mixed = mixed_machines_warning(runs)
+    return f"**{ok} of {len(runs)} runs measured** ({counts}).{skipped}" + (f"\n\n{mixed}" if mixed else "")
+
+
+def machines(frames) -> pd.DataFrame | None:
+    """Runs per machine when the runs come from more than one machine (`nwor.machines`), else None (nothing shown)."""
+    counts = machine_counts(frames.runs)
+    return counts if len(counts) > 1 else None
 
 
 def calibration_summary(aa: pd.DataFrame) -> str:
