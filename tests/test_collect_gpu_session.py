@@ -32,6 +32,7 @@ def _result(src: Path, dest: Path, queue: str) -> None:
                             "/opt/torch/.venv/lib/python3.12/site-packages/vllm",
                             f"{GPU_ROOT}/outputs/h100s9/j{queue[-1]}/gpu-smoke/{dest.stem}.ncu-rep",
                             f"log line\n/tmp/nwor-{queue}/vllm/cache"]
+    doc["env"] = {**doc["env"], "machine_id": "3f2a9c01d4e5", "machine_label": "h100-session9"}
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(doc, indent=1))
 
@@ -94,6 +95,8 @@ def test_merges_layout_logs_and_redacts(tmp_path, queues, capsys):
         "<image-venv>/lib/python3.12/site-packages/vllm",
         f"outputs/h100s9/j0/gpu-smoke/{RUN1}.ncu-rep", "log line\n<machine-tmp>/nwor-q0/vllm/cache"]
     assert doc["run_id"] == json.loads((SMOKE / "adaptive_grid" / f"{RUN1}.json").read_text())["run_id"]
+    # The machine identity survives the redaction: the report keeps this session's runs apart from others'.
+    assert (doc["env"]["machine_id"], doc["env"]["machine_label"]) == ("3f2a9c01d4e5", "h100-session9")
     assert (dest / "gpu-smoke" / "early_exit_grid" / f"{EE2}.vllm.log").read_bytes() == (
         b"INFO cwd .\nINFO cache <machine-tmp>/nwor-q1/tmp/tmpu4.json\nshards 0%\rshards 100%\r\n")
     assert f"repository root on the GPU machine: {GPU_ROOT} (read from" in out

@@ -192,3 +192,121 @@ def test_h100_adaptive_outputs_differ_repeatably_in_every_engine():
         "run3_r36_t128_temp0.0_d10_adaptive1"]
     assert (row.status, row.n_requests, row.n_differ) == ("differs", 1152, 28)
     assert "(7 distinct prompt slots; each run's outputs are the same in all its engines" in row.reason
+
+
+def _label_machines(folder: Path, machine_of_run: dict, default: str | None) -> None:
+    """Give every result JSON under `folder` the `env.machine_label` a run of that machine would record."""
+    for path in folder.glob("*/*.json"):
+        doc = json.loads(path.read_text())
+        label = machine_of_run.get(path.stem, default)
+        if label is not None:
+            doc["env"] = {**doc["env"], "machine_id": "0123456789ab", "machine_label": label}
+            path.write_text(json.dumps(doc))
+
+
+W3_OFF, W3_ON = "run3_r36_t128_temp0.0_d10_adaptive0", "run3_r36_t128_temp0.0_d10_adaptive1"
+
+
+def test_runs_of_different_machines_are_not_paired_but_within_run_comparisons_stay(tmp_path):
+    shutil.copytree(RESULTS / "smoke", tmp_path / "smoke")
+    _label_machines(tmp_path / "smoke", {W3_OFF: "h100-b"}, "h100-a")
+    frames = analysis.load_profile(tmp_path, "smoke")
+    assert frames.runs.set_index("run_id").machine.to_dict()[W3_OFF] == "h100-b"
+    assert set(frames.runs.machine) == {"h100-a", "h100-b"}
+    pairs = pairing.pair_adaptive(frames.runs).set_index("workload_number")
+    assert (pairs.loc[3].status, pairs.loc[3].reason) == ("not comparable",
+                                                          "runs from different machines: h100-b vs h100-a")
+    assert pairs.loc[1].status == "ok"
+    same = determinism.check_determinism(frames).set_index("treatment_run_id")
+    assert same.loc[W3_ON].status == "not comparable" and pd.isna(same.loc[W3_ON].n_requests)
+    assert same.loc["run1_r12_t64_temp0.0_d10_adaptive1"].status == "identical"
+    # W3's adaptive-on run measured its own baseline arm: that comparison is one machine's, and unchanged.
+    before = compared("smoke")[3]
+    after = compare.compare_adaptive(frames, pairs.reset_index(), arms.calibration(arms.within_run(frames)))
+    row, old = after.set_index("workload_number").loc[3], before.set_index("workload_number").loc[3]
+    assert row.comparison == "within run" and row.machine == "h100-a"
+    assert row.latency_reduction_pct == old.latency_reduction_pct  # the same batches, the same bootstrap seed
+    assert row.calibration == old.calibration[:-1] + ", on h100-a)" and old.calibration.startswith("A/A band")
+
+
+def test_older_results_of_different_machines_are_not_compared_across_runs(tmp_path):
+    shutil.copytree(RESULTS / "smoke", tmp_path / "smoke")
+    for path in (tmp_path / "smoke" / "adaptive_grid").glob("*.json"):
+        doc = json.loads(path.read_text())
+        doc.pop("replicates", None), doc.pop("design", None)
+        doc["schema_version"] = 1
+        path.write_text(json.dumps(doc))
+    _label_machines(tmp_path / "smoke", {W3_OFF: "h100-b"}, "h100-a")
+    frames = analysis.load_profile(tmp_path, "smoke")
+    by = compare.compare_adaptive(frames, pairing.pair_adaptive(frames.runs), compared("smoke")[2]) \
+        .set_index("workload_number")
+    assert by.loc[3].latency_reduction_pct_verdict == "not compared: not comparable"
+    assert pd.isna(by.loc[3].latency_reduction_pct) and by.loc[3].reason.startswith("runs from different machines")
+    assert by.loc[1].comparison == "across runs" and by.loc[1].machine == "h100-a"
+
+
+def test_early_exit_baseline_of_another_machine_gives_no_dram_change(tmp_path):
+    shutil.copytree(RESULTS / "full", tmp_path / "full")
+    base = "run1_r36_t128_temp0.0_thresh0.0"
+    _label_machines(tmp_path / "full", {base: "h100-b"}, "h100-a")
+    frames = analysis.load_profile(tmp_path, "full")
+    aa = arms.calibration(arms.within_run(frames))
+    ee = compare.compare_early_exit(frames, pairing.pair_early_exit(frames.runs), aa).set_index("run_id")
+    run3 = ee.loc["run3_r36_t128_temp0.0_thresh0.5"]
+    assert run3.pair_status == "not comparable" and pd.isna(run3.dram_write_reduction_pct)
+    assert run3.comparison == "within run"  # its own threshold-0.0 arm, same engines: still compared
+    assert compared("full")[4].set_index("run_id").loc["run3_r36_t128_temp0.0_thresh0.5"] \
+        .dram_write_reduction_pct == pytest.approx(15.0, abs=1e-3)
+
+
+def _aa(*bands):
+    return pd.DataFrame([{"run_id": f"aa_{machine}", "machine": machine, "design": "within-engine",
+                          "method": stats.HIERARCHICAL, "arm": "A2", "reference_arm": "A",
+                          "latency_change_pct_ci_low": low, "latency_change_pct_ci_high": high,
+                          "throughput_change_pct_ci_low": low, "throughput_change_pct_ci_high": high}
+                         for machine, low, high in bands])
+
+
+def test_the_aa_band_comes_from_the_comparisons_machine_only():
+    aa = _aa(("m1", -3.0, 3.0), ("m2", -10.0, 8.0))
+    assert arms.aa_band(aa, "within-engine", machine="m1") == ((-3.0, 3.0),
+                                                               "A/A band -3.0 to +3.0% (within-engine, aa_m1, on m1)")
+    assert arms.aa_band(aa, "within-engine", machine="m2")[0] == (-10.0, 8.0)
+    assert arms.aa_band(aa, "within-engine", machine="m3") == (
+        None, "no A/A calibration on this machine (m3): the within-engine A/A runs come from m1, m2")
+    # An unknown machine (older results) takes every A/A run, as before machines were recorded.
+    for unknown in (None, "unknown"):
+        assert arms.aa_band(aa, "within-engine", machine=unknown)[0] == (-10.0, 8.0)
+    # A/A runs of unknown machines calibrate no comparison of a known one.
+    assert arms.aa_band(_aa(("unknown", -3.0, 3.0)), "within-engine", machine="m1")[0] is None
+    rows = pd.DataFrame({"machine": ["m1", "m2"]})
+    assert arms.rows_band(aa, rows, "within-engine")[0] is None
+    assert arms.rows_band(aa, rows[:1], "within-engine")[0] == (-3.0, 3.0)
+
+
+def test_a_verdict_uses_no_other_machines_band():
+    frames = tiny_frames([[1.0, 1.01], [2.0, 2.02]], [[0.98, 0.99], [1.96, 1.98]])
+    for machine, verdict, calibration in (
+            ("m1", arms.NOT_ESTABLISHED, "A/A band -3.0 to +3.0% (within-engine, aa_m1, on m1)"),
+            ("m3", "improvement (no A/A band)", "no A/A calibration on this machine (m3): the within-engine A/A "
+                                                "runs come from m1")):
+        frames.runs["machine"] = machine
+        row = compare.compare_adaptive(frames, pairing.pair_adaptive(frames.runs), _aa(("m1", -3.0, 3.0))).iloc[0]
+        assert (row.latency_reduction_pct_verdict, row.calibration, row.machine) == (verdict, calibration, machine)
+
+
+def test_h100_session6_without_machines_compares_as_before():
+    """Results written before env.machine_id: machine "unknown", numbers and bands as the committed report."""
+    root = Path(__file__).resolve().parents[1] / "outputs" / "gpu-h100-protocol" / "session6"
+    frames = analysis.load_profile(root, "gpu-smoke", expected=grid.planned_run_ids("gpu-smoke"))
+    measured = frames.runs[frames.runs.status != "missing"]
+    assert len(measured) == 10 and set(measured.machine) == {"unknown"}
+    assert frames.runs[frames.runs.status == "missing"].machine.isna().all()
+    aa = arms.calibration(arms.within_run(frames))
+    adaptive = compare.compare_adaptive(frames, pairing.pair_adaptive(frames.runs), aa).set_index("workload_number")
+    w3 = adaptive.loc[3]
+    assert (w3.latency_reduction_pct, w3.latency_reduction_pct_ci_low, w3.latency_reduction_pct_ci_high) == \
+        pytest.approx((11.395, 8.707, 14.086), abs=1e-3)  # README: -11.4 % latency (-14.1 to -8.7)
+    assert w3.calibration == "A/A band -5.4 to +8.6% (within-engine, aa_run3_r36_t128_temp0.0_d10_within)"
+    assert adaptive.loc[5].latency_reduction_pct == pytest.approx(28.358, abs=1e-3)
+    assert pairing.pair_adaptive(frames.runs).set_index("workload_number").loc[3].status == "ok"

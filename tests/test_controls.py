@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nwor import controls
+from nwor import controls, stats
 from nwor.analysis import ARM_BATCH_COLUMNS, Frames, load_profile
 from nwor.plots_controls import plot_controls
 
@@ -43,7 +43,7 @@ def test_control_of_names_every_arm():
 MEANS = {"nospec": 2.0, "k1": 1.6, "k3": 1.0, "k5": 1.02, "k8": 1.5, "run": 0.8}
 
 
-def _frames(dynamic_status="ok"):
+def _frames(dynamic_status="ok", machines=(None, None)):
     rng = np.random.default_rng(1)
     batches = []
     for arm, mean in MEANS.items():
@@ -64,6 +64,7 @@ def _frames(dynamic_status="ok"):
         {"run_id": "controls_w_dynamic_sd", "grid": controls.GRID, "status": dynamic_status,
          "reason": None if dynamic_status == "ok" else "refused: FeatureUnavailable: no Dynamic SD",
          "arms": ["run", "dynamic_sd"], "workload_number": 3, "workload_name": "medium interactive", "path": "y"}])
+    runs["machine"] = machines  # the sweep's and the Dynamic SD run's
     empty = pd.DataFrame()
     return Frames(runs, arm_batches, empty, empty, empty)
 
@@ -96,6 +97,22 @@ def test_a_refused_dynamic_run_is_said_not_dropped():
     said = controls.statements(_frames("refused"), pd.DataFrame()).set_index("statement")
     assert said.loc["Dynamic SD vs adaptive"].verdict == "not available: refused: FeatureUnavailable: no Dynamic SD"
     assert said.loc["adaptive vs best static K"].verdict.startswith("improvement")
+
+
+def test_dynamic_sd_of_another_machine_is_not_compared_with_the_sweep():
+    aa = pd.DataFrame([{"run_id": "aa_a", "machine": "h100-a", "design": "engines-interleaved",
+                        "method": stats.HIERARCHICAL, "latency_change_pct_ci_low": -1.0,
+                        "latency_change_pct_ci_high": 1.0}])
+    said = controls.statements(_frames(machines=("h100-a", "h100-b")), aa).set_index("statement")
+    for across in ("Dynamic SD vs best static K", "Dynamic SD vs no speculation"):
+        assert said.loc[across].verdict == "not comparable: runs from different machines: h100-a vs h100-b"
+        assert pd.isna(said.loc[across].latency_change_pct) and said.loc[across].design == "across runs"
+    # Arms of one run stay compared, each against its own machine's A/A band.
+    assert said.loc["adaptive vs best static K"].band == "A/A band -1.0 to +1.0% (engines-interleaved, aa_a, on h100-a)"
+    dynamic = said.loc["Dynamic SD vs adaptive"]
+    assert dynamic.verdict.startswith("regression") and dynamic.band.startswith("no A/A calibration on this machine")
+    same = controls.statements(_frames(machines=("h100-a", "h100-a")), aa).set_index("statement")
+    assert same.loc["Dynamic SD vs best static K"].band.endswith("on h100-a)")
 
 
 def test_no_controls_results_renders_cleanly():

