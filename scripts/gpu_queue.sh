@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One GPU's queue of commands, run in order and detached from the device call, on a multi-GPU host.
-#   setsid nohup bash scripts/gpu_queue.sh GPU QUEUE_FILE LOG_DIR > /dev/null 2>&1 < /dev/null &
+#   setsid nohup bash scripts/gpu_queue.sh GPU QUEUE_FILE LOG_DIR [MACHINE_LABEL] > /dev/null 2>&1 < /dev/null &
 # Each line of QUEUE_FILE is one command (run with bash -c from the repository root). The queue gets GPU
 # GPU alone, its own vLLM compile cache and its own temp folder: queues then share neither compile-cache
 # writes nor ncu's lock file (kept in the temp folder), so ncu passes on different GPUs do not wait for each
 # other. LOG_DIR/qGPU.log gets a START and an EXIT line per command, LOG_DIR/qGPU.out its output.
 set -u
 gpu=$1 queue=$2 logs=$3
+# MACHINE_LABEL (optional, e.g. h100-session7) names this session's machine in every result (env.machine_label,
+# the report's machine); without it the caller's NWOR_MACHINE_LABEL, if any, passes through. None is invented.
+if [ -n "${4:-}" ]; then export NWOR_MACHINE_LABEL=$4; fi
 # The temp folder sits beside the cache, not inside it: redacted as <machine-tmp>/nwor-qN-tmp, it keeps no
 # "/tmp/" a path check would flag.
 mkdir -p "$logs" "/tmp/nwor-q$gpu-tmp"
