@@ -23,6 +23,7 @@ from nwor.machines import machine_name
 from nwor.ncu_metrics import DRAM_WRITE
 from nwor.paths import is_side_result, report_folder
 from nwor.results import SCHEMA_VERSION, STATUSES, read_result
+from nwor.tp_report import rank_fields
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ def _run_row(doc: dict, path: Path) -> dict:
            "ncu_status": ncu.get("status"), "ncu_reason": ncu.get("reason"), "dram_bytes_write": dram,
            "early_exit_status": early_exit.get("status"), "early_exit_reason": early_exit.get("reason"),
            "tokens_stopped": early_exit.get("tokens_stopped"), "early_exit_checks": early_exit.get("checks"),
-           "stop_pct": early_exit.get("stop_pct"), **kv_fields(ncu.get("kv_cache_writes") or {})}
+           "stop_pct": early_exit.get("stop_pct"), **kv_fields(ncu.get("kv_cache_writes") or {}), **rank_fields(doc)}
     for key in ("mean_latency_s", "p50_latency_s", "p99_latency_s", "output_tokens_per_s", "num_drafts",
                 "num_draft_tokens", "num_accepted_tokens", "draft_acceptance_rate", "mean_acceptance_length",
                 "acceptance_rate_per_pos"):

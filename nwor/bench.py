@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from nwor import metrics as m
-from nwor import provenance
+from nwor import plugin_ranks, provenance
 from nwor.config import RunSpec, spec_from_mapping
 from nwor.design import RUN_ARM, WarmupRule
 from nwor.engine import process_ends_after_run, quiet_streams, route_vllm_logs, skip_ray_import
@@ -157,6 +157,7 @@ def _measure(spec: RunSpec, log_path, profile_region: bool, on_batch) -> dict:
                   "confidence_threshold": spec.confidence_threshold}, **plan.to_dict(),
                   "plugin_loaded": run["plugin_loaded"], "effective": run["effective"]},
         design=design.to_dict(), replicates=[public(r) for r in replicates],
+        plugin_ranks=plugin_ranks.run_block(replicates),
         results=run["results"], requests=run["requests"], metrics=metrics, counters=counters,
         early_exit=early_exit, draft_lengths=draft_lengths, profiled_region=profile_region, dynamic_sd=dynamic_sd,
         ncu={"status": "off", "reason": "ncu not requested for this run"},

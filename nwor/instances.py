@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass, replace
 
-from nwor import bench, provenance, shift
+from nwor import bench, plugin_ranks, provenance, shift
 from nwor import metrics as m
 from nwor.config import RunSpec
 from nwor.controller_trace import fetch_traces
@@ -180,12 +180,15 @@ def _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_r
     run_stats = None  # the plugin's stats after arm "run"'s last batch: its effective config comes from them
     warmup = bench._warm_up(llm, spec, inst["arms"], {n: (shift.part_spec(design.arms[n].spec, 0), prompts[n][0])
                                                       for n in inst["arms"]}, configure)
+    workers = None  # each tensor-parallel rank's worker and whether nwor's drafter is hooked there
     if setup.plugin_loaded:
         from nwor import plugin
 
         plugin.reset_traces(llm)  # traces cover the measured batches only
+        workers = plugin.read_ranks(llm)
     raw = {n: {} for n in inst["arms"]}
     plugin_totals = {n: None for n in inst["arms"]}
+    rank_totals = {n: None for n in inst["arms"]}  # the same counters, per rank
     rows, results, requests = [], [], []
     if profile_region:
         llm.start_profile()
@@ -205,6 +208,7 @@ def _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_r
 
                 stats = plugin.read_stats(llm)  # once per batch: counters and the arm's config together
                 plugin_totals[name] = m.add_plugin_stats(plugin_totals[name], stats)
+                rank_totals[name] = plugin_ranks.add(rank_totals[name], stats["ranks"])
                 run_stats = stats if name == RUN_ARM else run_stats
             counts[name] = batch + 1
             rows.append({"arm": name, "position": len(rows), "round": r, "prompt_batch": spec.warmup_batches + r,
@@ -224,6 +228,7 @@ def _measure_instance(llm, spec, design, inst, setup, prompts, counts, profile_r
     traces = fetch_traces(llm, inst["arms"], setup.plugin_loaded, setup.plan)
     return {"instance": inst["instance"], "group": inst["group"], "arms": inst["arms"],
             "plugin_loaded": setup.plugin_loaded, "warmup": warmup, "batches": rows, "counters": counters,
+            "plugin_ranks": None if workers is None else plugin_ranks.replicate_block(workers, rank_totals),
             "controller_trace": traces,
             "_raw": raw, "_plugin": plugin_totals, "_results": results, "_requests": requests,
             "_effective": effective, "_gpu_memory_used_bytes": provenance.gpu_memory_used_bytes()}

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nwor import ncu_read, profile
+from nwor import ncu_processes, ncu_read, profile
 from nwor.config import RunSpec
 from nwor.engine import release_kept
 from nwor.errors import NcuNotAvailable, ProfilerError
@@ -94,9 +94,11 @@ def _pass(spec: RunSpec, paths: NcuPaths, ncu: tuple[str, str], **options) -> di
         return failed
     finally:
         spec_path.unlink(missing_ok=True)
-    record["summary_path"], record["summary_error"] = write_summary(paths)
-    if paths.pass_result.exists():
-        profiled = read_result(paths.pass_result)
+    profiled = read_result(paths.pass_result) if paths.pass_result.exists() else None
+    record["processes"] = ncu_processes.with_ranks(record.get("processes"), spec.tensor_parallel_size,
+                                                   _tp_ranks(paths, profiled))
+    record["summary_path"], record["summary_error"] = write_summary(paths, record["processes"])
+    if profiled is not None:
         record["profiled_pass"] = {"result_path": str(paths.pass_result),
                                    "mean_latency_s": profiled["metrics"]["mean_latency_s"],
                                    "num_draft_tokens": profiled["metrics"]["num_draft_tokens"],
@@ -108,8 +110,15 @@ def _pass(spec: RunSpec, paths: NcuPaths, ncu: tuple[str, str], **options) -> di
     return record
 
 
-def write_summary(paths: NcuPaths) -> tuple[str | None, str | None]:
-    """`nwor ncu summarize` of the pass's report, kept beside it (readable without ncu_report).
+def _tp_ranks(paths: NcuPaths, profiled: dict | None) -> dict[int, int]:
+    """pid -> tensor-parallel rank of the profiled pass: its vLLM log, and its plugin's ranks when loaded."""
+    text = paths.vllm_log.read_text(errors="replace") if paths.vllm_log.exists() else ""
+    return {**ncu_processes.tp_ranks_from_log(text), **ncu_processes.tp_ranks_from_result(profiled)}
+
+
+def write_summary(paths: NcuPaths, processes: dict | None = None) -> tuple[str | None, str | None]:
+    """`nwor ncu summarize` of the pass's report, kept beside it (readable without ncu_report), with the
+    per-process lines of the record's `processes` block when given.
 
     Returns:
         (summary path, None), or (None, why not) when the report cannot be summarized.
@@ -118,13 +127,14 @@ def write_summary(paths: NcuPaths) -> tuple[str | None, str | None]:
         text = ncu_read.summarize(paths.report)
     except ProfilerError as err:
         return None, str(err)
-    atomic_write_text(paths.summary, text + "\n")
+    lines = ncu_processes.summary_lines(processes)
+    atomic_write_text(paths.summary, "\n".join([text, *lines]) + "\n")
     return str(paths.summary), None
 
 
 # Keys of the `kv_cache_writes` block (docs/ncu.md), so every status has the same shape.
 KV_KEYS = ("status", "reason", "kernel_filter", "replay_mode", "window", "num_kernels", "bytes_written",
-           "dram_bytes_written", "drafter", "target", "split_by", "report_path", "log_path", "tail")
+           "dram_bytes_written", "drafter", "target", "split_by", "report_path", "log_path", "tail", "processes")
 _SIDE_KEYS = ("num_kernels", "bytes_written", "dram_bytes_written", "gpu_time_ns")
 
 
@@ -158,7 +168,8 @@ def kv_summary(record: dict) -> dict:
            "replay_mode": record.get("replay_mode"), "window": record.get("profiled_pass"),
            "num_kernels": everything["num_kernels"], "bytes_written": everything["bytes_written"],
            "dram_bytes_written": everything["dram_bytes_written"],
-           "report_path": record.get("report_path"), "log_path": record.get("log_path")}
+           "report_path": record.get("report_path"), "log_path": record.get("log_path"),
+           "processes": record.get("processes")}
     split = record.get("split") or {}
     groups = split.get("groups") or {} if split.get("by") == "nvtx_range" else {}
     drafter = [g for name, g in groups.items() if nvtx.RANGE in name.split("/")]

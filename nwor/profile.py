@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from nwor import ncu_read
+from nwor import ncu_processes, ncu_read
 from nwor.errors import NcuNotAvailable, ProfilerError
 from nwor.ncu_argv import ncu_argv
 from nwor.ncu_metrics import DRAM_WRITE
@@ -37,7 +37,8 @@ _VERSION_RE = re.compile(r"Version\s+(\S+)")
 # Every key of the run's `ncu` block, so unavailable and ok records have the same shape.
 RECORD_KEYS = ("status", "reason", "ncu_version", "command", "report_path", "log_path", "replay_mode",
                "cache_control", "clock_control", "nvtx_include", "metrics", "reader", "wall_s",
-               "num_kernels", "num_ranges", "totals", "units", "top_kernels", "split", "split_reason")
+               "num_kernels", "num_ranges", "totals", "units", "top_kernels", "split", "split_reason",
+               "processes")
 
 
 def _gpu_present() -> bool:
@@ -104,22 +105,39 @@ def _kill_group(proc: subprocess.Popen, grace_s: float) -> None:
     proc.wait()
 
 
+def _csv_export(report_path: Path, metrics: Sequence[str], ncu: str, log_path: Path,
+                export_timeout_s: float) -> pd.DataFrame:
+    argv = ncu_read.csv_export_argv(ncu, report_path)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=export_timeout_s)
+    except subprocess.TimeoutExpired as err:
+        raise ProfilerError(f"ncu CSV export timed out after {export_timeout_s} s",
+                            log_path=str(log_path), command=argv) from err
+    if result.returncode != 0:
+        raise ProfilerError(f"ncu CSV export exited {result.returncode}: {result.stderr.strip()[-500:]}",
+                            log_path=str(log_path), command=argv)
+    return ncu_read.read_csv_export(io.StringIO(result.stdout), metrics)
+
+
 def _read(report_path: Path, metrics: Sequence[str], ncu: str, log_path: Path,
           export_timeout_s: float) -> tuple[pd.DataFrame, str]:
     try:
         import ncu_report  # noqa: F401  (only probing whether the fast reader exists)
     except ImportError:
-        argv = ncu_read.csv_export_argv(ncu, report_path)
-        try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=export_timeout_s)
-        except subprocess.TimeoutExpired as err:
-            raise ProfilerError(f"ncu CSV export timed out after {export_timeout_s} s",
-                                log_path=str(log_path), command=argv) from err
-        if result.returncode != 0:
-            raise ProfilerError(f"ncu CSV export exited {result.returncode}: {result.stderr.strip()[-500:]}",
-                                log_path=str(log_path), command=argv)
-        return ncu_read.read_csv_export(io.StringIO(result.stdout), metrics), "csv"
+        return _csv_export(report_path, metrics, ncu, log_path, export_timeout_s), "csv"
     return ncu_read.read_report(report_path, metrics), "ncu_report"
+
+
+def _processes(df, lines: list[str], report_path: Path, metrics, ncu: str, log_path: Path,
+               export_timeout_s: float) -> dict:
+    """The `processes` block (nwor.ncu_processes): `ncu_report` has no process ids, the CSV export has."""
+    if df["Process"].notna().any():
+        return ncu_processes.block(lines, df)
+    try:
+        by_process = _csv_export(report_path, metrics, ncu, log_path, export_timeout_s)
+    except ProfilerError as err:  # the totals stand without it; only the per-process split is lost
+        return ncu_processes.block(lines, None, reason=f"no per-process split: {err}")
+    return ncu_processes.block(lines, by_process)
 
 
 NO_RANGE = "(no nvtx range)"  # the group of kernels launched outside every NVTX range
@@ -167,7 +185,8 @@ def profile_workload(workload_argv: Sequence[str], *, metrics: Sequence[str], re
     Returns:
         The ``ncu`` block of the run's JSON: status, ncu_version, command, report_path, log_path,
         replay_mode, cache_control, clock_control, wall_s, num_kernels or num_ranges, totals
-        (base units), units, top_kernels, split (null with ``split_reason`` when not possible).
+        (base units), units, top_kernels, split (null with ``split_reason`` when not possible),
+        processes (``nwor.ncu_processes.block``: the processes ncu connected to and profiled).
 
     Raises:
         NcuNotAvailable: no ncu or no GPU (from ``find_ncu``).
@@ -229,6 +248,7 @@ def profile_workload(workload_argv: Sequence[str], *, metrics: Sequence[str], re
         nvtx_include=nvtx_include, metrics=list(metrics), reader=reader, wall_s=wall_s,
         totals=ncu_read.totals(df), units=ncu_read.units(df), split=split, split_reason=split_reason,
         top_kernels=ncu_read.top_kernels(df, by=top_by) if replay_mode == "kernel" else None,
+        processes=_processes(df, lines, full_report, metrics, ncu_path, log_path, export_timeout_s),
     )
     record["num_ranges" if replay_mode == "app-range" else "num_kernels"] = count
     return record

@@ -218,6 +218,26 @@ def test_kernel_record_through_csv_fallback(tmp_path, monkeypatch, ncu_fixtures)
     assert record["totals"]["dram__bytes_read.sum"] == 1_608_393_472
     assert record["top_kernels"][0]["kernel"] == "nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_NNT"
     assert record["split"] is None and "one process" in record["split_reason"]
+    # The processes ncu attached to (its log) and profiled (the export's Process ID), ranks added by ncu_pass.
+    processes = record["processes"]
+    assert processes["num_connected"] == 1 and processes["num_profiled"] == 1
+    assert processes["processes"][0]["pid"] == 575 and processes["processes"][0]["results"] == 5
+    assert processes["processes"][0]["totals"] == record["totals"]
+
+
+@needs_ncu_report
+def test_ncu_report_reader_gets_process_ids_from_the_csv_export(tmp_path, ncu_fixtures):
+    # ncu_report has no process ids: the pass exports the CSV (the fake's --import prints a real export).
+    ncu = _fake_ncu(tmp_path, f"copy:{ncu_fixtures / 'h100_probe_app_range.ncu-rep'}",
+                    csv=ncu_fixtures / "h100_child_process_raw.csv")
+    record = _run(tmp_path, ncu)
+    assert record["reader"] == "ncu_report" and record["num_ranges"] == 1
+    assert [(p["pid"], p["results"]) for p in record["processes"]["processes"]] == [(575, 0), (632, 5)]
+    assert record["processes"]["num_profiled"] == 1 and record["processes"]["reason"] is None
+    # An export that fails loses the per-process split only, and says why.
+    failing = _run(tmp_path, _fake_ncu(tmp_path, f"copy:{ncu_fixtures / 'h100_probe_app_range.ncu-rep'}"))
+    assert failing["status"] == "ok" and failing["processes"]["num_profiled"] is None
+    assert failing["processes"]["reason"].startswith("no per-process split: ncu CSV export exited")
 
 
 def test_unavailable_record():

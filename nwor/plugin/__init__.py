@@ -168,7 +168,8 @@ def register() -> None:
     elastic.install(config, vllm.__version__)
 
 
-def _call(llm, op: str, payload: dict | None = None) -> dict:
+def _call_all(llm, op: str, payload: dict | None = None) -> list:
+    """Every worker's reply, in tensor-parallel rank order (one per rank)."""
     try:
         replies = llm.collective_rpc(RPC_METHOD, args=(op, payload or {}))
     except Exception as err:  # vLLM re-raises worker errors as a plain Exception carrying the text
@@ -178,24 +179,47 @@ def _call(llm, op: str, payload: dict | None = None) -> dict:
             f"process?): {first_line}",
             op=op,
         ) from err
-    # Every tensor-parallel rank drafts the same tokens; rank 0 speaks for the engine.
-    return replies[0]
+    return replies
+
+
+def _call(llm, op: str, payload: dict | None = None):
+    # Every tensor-parallel rank runs its own drafter on the same batch; rank 0 speaks for the engine
+    # (read_stats keeps every rank's counters, so a run shows that they agree).
+    return _call_all(llm, op, payload)[0]
+
+
+# Each rank's counters that read_stats keeps beside rank 0's (nwor.plugin_ranks compares them).
+RANK_COUNTERS = ("tokens_stopped", "checks", "steps", "draft_length_histogram")
 
 
 def read_stats(llm) -> dict:
     """Cumulative counters of the engine's drafter (since start or the last `reset_stats`).
 
     Returns:
-        `{"tokens_stopped", "checks", "stop_pct", "draft_length_histogram", "steps",
-        "acceptance_rate_ewma", "num_speculative_tokens", "config"}`; `stop_pct` is None without checks.
+        Rank 0's `{"tokens_stopped", "checks", "stop_pct", "draft_length_histogram", "steps",
+        "acceptance_rate_ewma", "num_speculative_tokens", "config", ...}` (`stop_pct` is None without
+        checks), plus `"ranks"`: one entry per tensor-parallel rank, `{"rank", "tp_rank", "pid", "device"}`
+        and that rank's `RANK_COUNTERS`.
 
     Raises:
-        FeatureUnavailable: the plugin is not active in the engine.
+        FeatureUnavailable: the plugin is not active in the engine (on any rank).
     """
-    stats = _call(llm, "stats")
-    # Integer keys, whatever the RPC serializer did to them.
-    stats["draft_length_histogram"] = {int(k): v for k, v in stats["draft_length_histogram"].items()}
+    replies = _call_all(llm, "stats")
+    for reply in replies:  # integer keys, whatever the RPC serializer did to them
+        reply["draft_length_histogram"] = {int(k): v for k, v in reply["draft_length_histogram"].items()}
+    stats = {k: v for k, v in replies[0].items() if k != "worker"}
+    stats["ranks"] = [{**(r.get("worker") or {}), **{k: r.get(k) for k in RANK_COUNTERS}} for r in replies]
     return stats
+
+
+def read_ranks(llm) -> list[dict]:
+    """Each tensor-parallel rank's worker, `{"rank", "tp_rank", "pid", "device", "hook_installed", "drafter"}`:
+    whether nwor's proposer drafts on that rank (a rank without it answers too).
+
+    Raises:
+        FeatureUnavailable: the plugin is not loaded in the engine.
+    """
+    return _call_all(llm, "ranks")
 
 
 def reset_stats(llm) -> None:

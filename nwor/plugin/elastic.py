@@ -222,15 +222,35 @@ def _make_proposer_class(base):
     return proposer.make_proposer_class(base, elastic)
 
 
+def worker_identity(wrapper) -> dict:
+    """Which tensor-parallel rank this worker process is: vLLM's worker rank, the TP rank, pid and device."""
+    worker = getattr(wrapper, "worker", None)
+    device = getattr(worker, "device", None)  # vllm 0.32.0 / 0.24.0 worker_base.py: set by init_device
+    try:
+        from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
+
+        tp_rank = get_tensor_model_parallel_rank()
+    except (ImportError, AssertionError):  # AssertionError: no tensor-parallel group in this process
+        tp_rank = None
+    return {"rank": getattr(worker, "rank", None), "tp_rank": tp_rank, "pid": os.getpid(),
+            "device": None if device is None else str(device)}
+
+
 def _rpc(wrapper, op: str, payload: dict):
-    """Runs in the process that holds the model, as `WorkerWrapperBase.nwor_elastic_rpc`."""
+    """Runs in the process that holds the model, as `WorkerWrapperBase.nwor_elastic_rpc`.
+
+    `LLM.collective_rpc` runs it in every worker (one per tensor-parallel rank) and returns every reply.
+    """
     drafter = getattr(getattr(wrapper.worker, "model_runner", None), "drafter", None)
+    if op == "ranks":  # answered whether or not this rank's drafter is nwor's: that is the question
+        return {**worker_identity(wrapper), "hook_installed": bool(getattr(drafter, "nwor_elastic", False)),
+                "drafter": None if drafter is None else type(drafter).__name__}
     if not getattr(drafter, "nwor_elastic", False):
         raise FeatureUnavailable(
             f"engine drafter is {type(drafter).__name__}, not nwor's: the plugin covers EAGLE on the V1 model runner"
         )
     if op == "stats":
-        return drafter.nwor_stats()
+        return {**drafter.nwor_stats(), "worker": worker_identity(wrapper)}
     if op == "reset":
         return drafter.nwor_reset()
     if op == "configure":
