@@ -59,6 +59,9 @@ def run_with_progress(states, n_todo: int, estimate: float | None, outputs, forc
                                   f"({'?' if took is None else f'{took:.0f}'} s)"
                                   + (f": {state.reason}" if state.reason else ""), highlight=False)
 
+        # A shell's background job inherits SIGINT ignored, and Python keeps it so; `kill -INT` must still stop
+        # a suite (as SIGTERM does), whoever started it. Ray's driver holds both signals (nwor.interrupts).
+        previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             stop = threading.Event()
 
@@ -76,6 +79,7 @@ def run_with_progress(states, n_todo: int, estimate: float | None, outputs, forc
             raise typer.Exit(128 + (signal.SIGTERM if isinstance(interrupt, _Terminated) else signal.SIGINT))
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous_sigint is None else previous_sigint)
             stop.set()
     failed = [s for s in results.values() if s.status != "done"]
     out.print(f"{len(results) - len(failed)} runs done, {len(failed)} failed or refused")

@@ -19,6 +19,7 @@ from nwor.bundle import BundleTooLarge, collect, publish, result_name, with_resu
 from nwor.config import RunSpec
 from nwor.errors import ConfigError, FeatureUnavailable, NworError, RunFailed
 from nwor.execute import run_dir, run_notebook
+from nwor.interrupts import HeldSignals
 from nwor.results import failure, write_result
 
 EXECUTORS = ("local", "ray")
@@ -27,6 +28,8 @@ EXECUTORS = ("local", "ray")
 TASK_ENV = "NWOR_RAY_TASK_ID"
 # Seconds Ctrl-C gives running tasks to end their kernels and clean up before they are killed.
 CANCEL_GRACE_S = 5.0
+# Seconds one ray.wait blocks before the driver looks at the signals it noted.
+WAIT_S = 0.5
 
 
 def task_resources(spec: RunSpec, node_gpus: int) -> dict:
@@ -137,70 +140,93 @@ def run_on_ray(todo, refused: dict[str, str], log, root, progress, *, address: s
                local_cpus: int | None = None) -> list:
     """Submit every pending run as a task, publish each run's files as its task returns; the suite's states.
 
-    Called by `nwor.suite.run_suite` holding the outputs lock. Ctrl-C cancels the tasks (they end their
-    kernels), logs each as CANCELLED and publishes nothing of them.
+    Called by `nwor.suite.run_suite` holding the outputs lock. Ctrl-C or SIGTERM, from the moment Ray starts,
+    cancels the tasks (they end their kernels), logs each as CANCELLED, publishes nothing of them and raises
+    what the caller's handler for that signal raises (KeyboardInterrupt when it has none).
 
     Raises:
         ConfigError: Ray is missing or the cluster unreachable.
         OutputsUnwritable: the outputs folder stopped taking writes.
     """
-    from nwor.suite import _log_early_exit, _stopped, run_state
+    from nwor.suite import run_state
 
-    ray = start_ray(address, local_cpus)
-    finished, pending = [], {}
+    ray, finished, pending = None, [], {}
     total = len(todo)
     try:
-        node_gpus = _node_gpus(ray)
-        task = ray.remote(execute_on_worker)
-        for i, st in enumerate(todo):
-            spec = st.spec
-            if progress:
-                progress("start", st, i, total)
-            try:
-                resources = task_resources(spec, node_gpus)
-            except ConfigError as err:
-                refused = {**refused, spec.run_id: str(err)}
-            if spec.run_id in refused:
-                write_result(st.result_path, failure(spec, FeatureUnavailable(refused[spec.run_id]), status="refused"))
-                log.write(spec, "ERROR", f"refused: {refused[spec.run_id]}")
-                finished.append(run_state(spec, root))
+        with HeldSignals() as signals:
+            ray = start_ray(address, local_cpus)
+            signals.install()  # ray.init put its own SIGTERM handler (sys.exit) in the driver: take it back
+            signals.check()
+            node_gpus = _node_gpus(ray)
+            task = ray.remote(execute_on_worker)
+            for i, st in enumerate(todo):
+                spec = st.spec
+                if progress:
+                    progress("start", st, i, total)
+                try:
+                    resources = task_resources(spec, node_gpus)
+                except ConfigError as err:
+                    refused = {**refused, spec.run_id: str(err)}
+                if spec.run_id in refused:
+                    write_result(st.result_path, failure(spec, FeatureUnavailable(refused[spec.run_id]),
+                                                         status="refused"))
+                    log.write(spec, "ERROR", f"refused: {refused[spec.run_id]}")
+                    finished.append(run_state(spec, root))
+                    if progress:
+                        progress("end", finished[-1], i, total)
+                    continue
+                Path(st.result_path).unlink(missing_ok=True)  # as a local rerun: no old JSON beside the new attempt
+                log.write(spec, "START", f"ray task ({', '.join(f'{k}={v}' for k, v in resources.items())})")
+                ref = task.options(**resources, max_retries=0, name=f"nwor {spec.run_id}").remote(spec)
+                pending[ref] = (st, i, time.monotonic())
+                signals.check()
+            while pending:
+                # Bounded waits: the signals noted meanwhile are acted on here, between two runs' publications.
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
+                signals.check()
+                if not ready:
+                    continue
+                st, i, started = pending.pop(ready[0])
+                finished.append(_record(ray, ready[0], st, started, log, root, left=len(pending)))
                 if progress:
                     progress("end", finished[-1], i, total)
-                continue
-            Path(st.result_path).unlink(missing_ok=True)  # as a local rerun: no old JSON beside the new attempt
-            log.write(spec, "START", f"ray task ({', '.join(f'{k}={v}' for k, v in resources.items())})")
-            ref = task.options(**resources, max_retries=0, name=f"nwor {spec.run_id}").remote(spec)
-            pending[ref] = (st, i, time.monotonic())
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            st, i, started = pending.pop(ref)
-            spec, folder = st.spec, run_dir(st.spec.profile, st.spec.grid, root)
-            try:
-                try:
-                    files = ray.get(ref)
-                except ray.exceptions.RayError as err:  # the task raised or its worker died: a failure record
-                    cause = getattr(err, "cause", None) or err
-                    write_result(st.result_path, failure(spec, f"ray task failed: {type(cause).__name__}: {cause}"))
-                    log.write(spec, "ERROR", f"ray task failed: {type(cause).__name__}: {cause}")
-                else:
-                    publish(files, folder, spec.run_id)
-                    state = run_state(spec, root)
-                    if state.status == "done":
-                        log.write(spec, "COMPLETE", f"{time.monotonic() - started:.1f}s")
-                        _log_early_exit(log, spec, st.result_path)
-                    else:
-                        log.write(spec, "ERROR", state.reason or state.status)
-            except OSError as err:
-                raise _stopped(err, spec, root, len(pending)) from None
-            finished.append(run_state(spec, root))
-            if progress:
-                progress("end", finished[-1], i, total)
     except BaseException:
-        _cancel(ray, pending, log)
+        if ray is not None:
+            _cancel(ray, pending, log)
         raise
     finally:
-        ray.shutdown()  # a local cluster ends; a remote one is only disconnected from
+        if ray is not None:
+            ray.shutdown()  # a local cluster ends; a remote one is only disconnected from
     return finished
+
+
+def _record(ray, ref, st, started: float, log, root, *, left: int):
+    """Publish the files of the run whose task `ref` returned (or its failure record), log it; its state.
+
+    Raises:
+        OutputsUnwritable: the outputs folder stopped taking writes (`left` runs were still out).
+    """
+    from nwor.suite import _log_early_exit, _stopped, run_state
+
+    spec, folder = st.spec, run_dir(st.spec.profile, st.spec.grid, root)
+    try:
+        try:
+            files = ray.get(ref)
+        except ray.exceptions.RayError as err:  # the task raised or its worker died: a failure record
+            cause = getattr(err, "cause", None) or err
+            write_result(st.result_path, failure(spec, f"ray task failed: {type(cause).__name__}: {cause}"))
+            log.write(spec, "ERROR", f"ray task failed: {type(cause).__name__}: {cause}")
+        else:
+            publish(files, folder, spec.run_id)
+            state = run_state(spec, root)
+            if state.status == "done":
+                log.write(spec, "COMPLETE", f"{time.monotonic() - started:.1f}s")
+                _log_early_exit(log, spec, st.result_path)
+            else:
+                log.write(spec, "ERROR", state.reason or state.status)
+    except OSError as err:
+        raise _stopped(err, spec, root, left) from None
+    return run_state(spec, root)
 
 
 def _cancel(ray, pending: dict, log) -> None:

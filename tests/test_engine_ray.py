@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from nwor.reaper import carriers
@@ -39,18 +40,32 @@ def _left_behind(pid: int) -> list[str]:
     return sorted(proc.name() for proc, held in carriers() if held.startswith(f"{pid}-"))
 
 
+def _kernel_up(pid: int) -> bool:
+    """Whether a notebook kernel started under the runner whose pid was `pid` is running (a run executes)."""
+    for proc, held in carriers():
+        try:
+            if held.startswith(f"{pid}-") and "ipykernel" in " ".join(proc.cmdline()):
+                return True
+        except psutil.Error:  # ended meanwhile
+            continue
+    return False
+
+
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     outputs = tmp_path_factory.mktemp("outputs")
     grid_dir = outputs / "smoke" / "adaptive_grid"
     master_log = outputs / "smoke" / "master_experiment.log"
+    # Started with SIGINT ignored, as a background job of a non-interactive shell is (`make test &`): a suite
+    # sent SIGINT must stop all the same.
     interrupted = subprocess.Popen(_cmd(outputs), start_new_session=True, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+                                   stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 300
-    while not (master_log.exists() and "START" in master_log.read_text()) and interrupted.poll() is None \
-            and time.monotonic() < deadline:
+    # Ctrl-C once the runs execute: STARTed in the log and a run's kernel up on a Ray worker (not a fixed sleep).
+    while not (master_log.exists() and "START" in master_log.read_text() and _kernel_up(interrupted.pid)) \
+            and interrupted.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
-    time.sleep(5)  # the first two runs' kernels are up and their engines starting
     interrupted.send_signal(signal.SIGINT)
     interrupted_out = interrupted.communicate(timeout=120)[0]
     interrupted_files = sorted(p.name for p in grid_dir.iterdir() if p.name != "experiment.log")
