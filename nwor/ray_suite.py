@@ -235,10 +235,13 @@ def _cancel(ray, pending: dict, log) -> None:
         return
     for ref in pending:
         ray.cancel(ref, force=False)
-    ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
-    for ref, (st, _, _) in pending.items():
+    _, running = ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
+    # Only the tasks still running: force-cancelling one that has just returned races Ray's bookkeeping of its
+    # reply, whose RAY_CHECK ("Tried to complete task that was not pending") ends the driver with exit 1.
+    for ref in running:
         try:
             ray.cancel(ref, force=True)
         except (ValueError, ray.exceptions.RayError):
-            pass  # already ended: nothing left to kill
+            pass  # ended meanwhile: nothing left to kill
+    for st, _, _ in pending.values():
         log.write(st.spec, "CANCELLED", "interrupted before its task returned; none of its files was written")
