@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import time
 import uuid
@@ -20,6 +19,7 @@ from nwor.config import RunSpec
 from nwor.errors import ConfigError, FeatureUnavailable, NworError, RunFailed
 from nwor.execute import run_dir, run_notebook
 from nwor.interrupts import HeldSignals
+from nwor.provenance import machine_identity
 from nwor.results import failure, write_result
 
 EXECUTORS = ("local", "ray")
@@ -50,11 +50,12 @@ def task_resources(spec: RunSpec, node_gpus: int) -> dict:
 
 
 def placement() -> dict:
-    """Where this task ran: host, Ray node, the GPU ids Ray gave it and CUDA_VISIBLE_DEVICES as the run saw it."""
+    """Where this task ran: the machine (its hashed id, never a host name: results are shared), Ray node, the GPU
+    ids Ray gave it and CUDA_VISIBLE_DEVICES as the run saw it."""
     import ray
 
     ctx = ray.get_runtime_context()
-    return {"executor": "ray", "hostname": socket.gethostname(), "node_id": ctx.get_node_id(),
+    return {"executor": "ray", "machine_id": machine_identity()["machine_id"], "node_id": ctx.get_node_id(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "resources": ctx.get_assigned_resources()}

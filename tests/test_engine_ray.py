@@ -144,6 +144,8 @@ def test_results_are_complete_and_say_where_they_ran(suite):
     for run, doc in suite["docs"].items():
         assert doc["status"] == "ok", doc.get("error")
         assert doc["placement"]["executor"] == "ray" and doc["placement"]["resources"] == {"CPU": 1.0}
+        # The machine by its hashed id (the run's own provenance says the same), never a host name.
+        assert doc["placement"]["machine_id"] == doc["env"]["machine_id"] and "hostname" not in doc["placement"]
         assert doc["summary"]["per_mode"][0]["latency_avg_s"] > 0
         notebook = (suite["grid_dir"] / f"{run}.ipynb").read_text()
         assert json.loads(notebook)["metadata"]["papermill"]["duration"] > 0
