@@ -90,13 +90,18 @@ def test_adaptive_within_run_compares_even_when_the_off_run_failed(tmp_path):
     assert row.comparison == "within run" and pd.notna(row.latency_reduction_pct)
 
 
-def test_older_results_pair_across_runs_with_one_instance_and_no_verdict(tmp_path):
+def _older_results(tmp_path):
+    """The smoke fixtures as schema-1 results: one engine instance, no replicates or design."""
     shutil.copytree(RESULTS / "smoke", tmp_path / "smoke")
     for path in (tmp_path / "smoke" / "adaptive_grid").glob("*.json"):
         doc = json.loads(path.read_text())
         doc.pop("replicates", None), doc.pop("design", None)
         doc["schema_version"] = 1
         path.write_text(json.dumps(doc))
+
+
+def test_older_results_pair_across_runs_with_one_instance_and_no_verdict(tmp_path):
+    _older_results(tmp_path)
     frames = analysis.load_profile(tmp_path, "smoke")
     row = compare.compare_adaptive(frames, pairing.pair_adaptive(frames.runs), compared("smoke")[2]) \
         .set_index("workload_number").loc[3]
@@ -230,12 +235,7 @@ def test_runs_of_different_machines_are_not_paired_but_within_run_comparisons_st
 
 
 def test_older_results_of_different_machines_are_not_compared_across_runs(tmp_path):
-    shutil.copytree(RESULTS / "smoke", tmp_path / "smoke")
-    for path in (tmp_path / "smoke" / "adaptive_grid").glob("*.json"):
-        doc = json.loads(path.read_text())
-        doc.pop("replicates", None), doc.pop("design", None)
-        doc["schema_version"] = 1
-        path.write_text(json.dumps(doc))
+    _older_results(tmp_path)
     _label_machines(tmp_path / "smoke", {W3_OFF: "h100-b"}, "h100-a")
     frames = analysis.load_profile(tmp_path, "smoke")
     by = compare.compare_adaptive(frames, pairing.pair_adaptive(frames.runs), compared("smoke")[2]) \
