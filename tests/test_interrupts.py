@@ -20,6 +20,9 @@ def _raise_stop(signum, frame):
 @pytest.fixture(autouse=True)
 def handlers():
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Python's own Ctrl-C handler, whatever this process inherited: pytest started as a background job of a
+    # script inherits SIGINT ignored, and the tests below say what each one starts from.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
