@@ -16,7 +16,7 @@ import pandas as pd
 
 from nwor import stats
 from nwor.analysis import Frames
-from nwor.machines import UNKNOWN, is_known, only_machine
+from nwor.machines import is_known, machine_column, only_machine
 from nwor.stats import Estimate
 
 ACROSS_RUNS = "across runs"  # two result files, each its own engine instance(s), run one after the other
@@ -209,7 +209,7 @@ def aa_band(aa: pd.DataFrame, design: str, metric: str = "latency",
         return None, f"no A/A calibration for {design} designs (no instance-aware {band_design or design} A/A run)"
     where = ""
     if is_known(machine):
-        machines = usable["machine"].fillna(UNKNOWN) if "machine" in usable else pd.Series(UNKNOWN, usable.index)
+        machines = machine_column(usable)
         if not (machines == machine).any():
             return None, (f"no A/A calibration on this machine ({machine}): the {band_design} A/A runs come from "
                           f"{', '.join(sorted(set(machines)))}")

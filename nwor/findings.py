@@ -12,7 +12,7 @@ import pandas as pd
 from nwor import stats
 from nwor.analysis import Frames, first_present
 from nwor.arms import UNCALIBRATED, Samples, aa_band, verdict
-from nwor.machines import UNKNOWN
+from nwor.machines import machine_column
 from nwor.ncu_metrics import DRAM_WRITE
 from nwor.stats import Estimate
 
@@ -40,9 +40,8 @@ def _mean_over_workloads(frames: Frames, compared: pd.DataFrame, column: str, aa
     samples = Samples(frames.arm_batches)
     groups = [(samples.values(*r.samples_baseline, column), samples.values(*r.samples_treatment, column), r.paired)
               for r in compared.itertuples()]
-    machines = compared["machine"] if "machine" in compared else pd.Series(None, compared.index, dtype=object)
     bands = [aa_band(aa, design, "latency" if column == "latency_s" else "throughput", machine)
-             for design, machine in sorted(set(zip(compared.design, machines.fillna(UNKNOWN))))]
+             for design, machine in sorted(set(zip(compared.design, machine_column(compared))))]
     known = [band for band, _ in bands if band is not None]
     band = (min(b[0] for b in known), max(b[1] for b in known)) if len(known) == len(bands) else None
     return stats.mean_change_ci(groups), band, "; ".join(note for _, note in bands)

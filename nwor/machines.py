@@ -34,6 +34,13 @@ def shared_machine(a, b) -> str:
     return a if is_known(a) and a == b else UNKNOWN
 
 
+def machine_column(frame: pd.DataFrame) -> pd.Series:
+    """Each row's machine, `UNKNOWN` where a row (or the whole frame, from before machines) names none."""
+    if "machine" not in frame:
+        return pd.Series(UNKNOWN, frame.index, dtype=object)
+    return frame["machine"].fillna(UNKNOWN)
+
+
 def machine_of(runs: pd.DataFrame) -> dict:
     """run id -> machine, from a runs frame of `nwor.analysis.load_profile` (empty when it has no machines)."""
     return dict(zip(runs.run_id, runs.machine)) if "machine" in runs else {}
