@@ -26,6 +26,10 @@ EXECUTORS = ("local", "ray")
 # Every process a task starts (kernel, engine core, workers) carries the task's id, so that the worker ends
 # whatever outlives the run (an engine left behind would hold its GPU for the next task on that worker).
 TASK_ENV = "NWOR_RAY_TASK_ID"
+# What Ray changes in its workers' environment and a local run does not have: OMP_NUM_THREADS, set to the task's
+# num_cpus (1) when the driver has none. Each task gets the driver's values back, or parallel runs would measure
+# another engine than serial ones (H100 session 7: serial runs unset, Ray runs 1).
+DRIVER_ENV = ("OMP_NUM_THREADS",)
 # Seconds Ctrl-C gives running tasks to end their kernels and clean up before they are killed.
 CANCEL_GRACE_S = 5.0
 # Seconds one ray.wait blocks before the driver looks at the signals it noted.
@@ -47,6 +51,20 @@ def task_resources(spec: RunSpec, node_gpus: int) -> dict:
         raise ConfigError(f"run {spec.run_id}: tensor_parallel_size {spec.tensor_parallel_size} needs more GPUs "
                           f"than any node of the Ray cluster has ({node_gpus})", run_id=spec.run_id)
     return {"num_cpus": 1, "num_gpus": node_gpus if spec.ncu else spec.tensor_parallel_size}
+
+
+def expected_work(spec: RunSpec) -> int:
+    """The tokens a run generates at least: arms x engines x (measured + warm-up batches) x requests x new tokens."""
+    return ((1 + len(spec.arms)) * spec.engine_instances * (spec.measured_batches + spec.warmup_batches)
+            * spec.num_requests * spec.max_new_tokens)
+
+
+def submission_order(todo: list) -> list:
+    """The pending runs in the order their tasks are submitted: ncu runs (a whole node each) first, then the
+    most expected work first, ties in the suite's order. Ray hands each freed GPU to the next task, so a long
+    run submitted last would run alone at the end: on the H100 (session 7) two runs that measured two arms
+    were submitted last and ran one after the other on one GPU, 36 s after the other three GPUs had finished."""
+    return sorted(todo, key=lambda st: (not st.spec.ncu, -expected_work(st.spec)))
 
 
 def placement() -> dict:
@@ -76,8 +94,26 @@ def _end_task_processes(task_id: str) -> None:
     end_processes(procs)
 
 
-def execute_on_worker(spec: RunSpec) -> dict[str, bytes]:
+def driver_env(environ=os.environ) -> dict[str, str | None]:
+    """The driver's values of DRIVER_ENV (None: unset), for its tasks to run with."""
+    return {name: environ.get(name) for name in DRIVER_ENV}
+
+
+def _set_env(values: dict[str, str | None]) -> dict[str, str | None]:
+    """Set (None: unset) the variables of `values` in this process; their previous values."""
+    before = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    return before
+
+
+def execute_on_worker(spec: RunSpec, env: dict[str, str | None] | None = None) -> dict[str, bytes]:
     """The body of a run's Ray task: run the notebook in a private folder, return the run's files.
+
+    `env` (from `driver_env`) replaces what Ray set in the worker, for the run's kernel and engine.
 
     The working directory is the private folder while the run executes, so the executed notebook records
     `outputs/<profile>/<grid>/...` paths, never the worker's temporary ones. A failed run returns its failure
@@ -90,6 +126,7 @@ def execute_on_worker(spec: RunSpec) -> dict[str, bytes]:
     private = Path(tempfile.mkdtemp(prefix="nwor-ray-"))
     before = os.getcwd()
     os.environ[TASK_ENV] = task_id
+    ray_env = _set_env(env or {})
     try:
         os.chdir(private)
         root = private / "outputs"
@@ -108,6 +145,7 @@ def execute_on_worker(spec: RunSpec) -> dict[str, bytes]:
     finally:
         os.chdir(before)
         os.environ.pop(TASK_ENV, None)
+        _set_env(ray_env)  # the worker process is reused by the next task
         _end_task_processes(task_id)
         shutil.rmtree(private, ignore_errors=True)
 
@@ -152,14 +190,14 @@ def run_on_ray(todo, refused: dict[str, str], log, root, progress, *, address: s
     from nwor.suite import run_state
 
     ray, finished, pending = None, [], {}
-    total = len(todo)
+    todo, total = submission_order(todo), len(todo)
     try:
         with HeldSignals() as signals:
             ray = start_ray(address, local_cpus)
             signals.install()  # ray.init put its own SIGTERM handler (sys.exit) in the driver: take it back
             signals.check()
             node_gpus = _node_gpus(ray)
-            task = ray.remote(execute_on_worker)
+            task, env = ray.remote(execute_on_worker), driver_env()
             for i, st in enumerate(todo):
                 spec = st.spec
                 if progress:
@@ -178,7 +216,7 @@ def run_on_ray(todo, refused: dict[str, str], log, root, progress, *, address: s
                     continue
                 Path(st.result_path).unlink(missing_ok=True)  # as a local rerun: no old JSON beside the new attempt
                 log.write(spec, "START", f"ray task ({', '.join(f'{k}={v}' for k, v in resources.items())})")
-                ref = task.options(**resources, max_retries=0, name=f"nwor {spec.run_id}").remote(spec)
+                ref = task.options(**resources, max_retries=0, name=f"nwor {spec.run_id}").remote(spec, env)
                 pending[ref] = (st, i, time.monotonic())
                 signals.check()
             while pending:

@@ -9,9 +9,11 @@ judged against the A/A band of engines-interleaved designs (nwor.arms.aa_band, f
 serial folder, or --aa-band LOW HIGH). A run agrees when its interval includes 0 or overlaps the band
 (verdict "inside the noise" / "not established"). Also the wall-time ratio parallel / serial, each the span
 from the first START to the last end line of the profile's master log. With --pooled, all runs are judged
-together instead (each run one paired unit: for profiles of one engine instance per run). Exit 0 when every
-compared run (or, with --pooled, the runs together) agrees and the ratio is at most --max-wall-ratio; 1
-otherwise; 2 on bad input.
+together instead (each run one paired unit: for profiles of one engine instance per run). The runs' recorded
+environment variables (`env.env_vars`) must match pair by pair, apart from those the executor sets by design
+(EXECUTOR_ENV): a difference there, not the parallelism, could explain a latency change. Exit 0 when every
+compared run (or, with --pooled, the runs together) agrees, no environment differs and the ratio is at most
+--max-wall-ratio; 1 otherwise; 2 on bad input.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from nwor.arms import NOISE, NOT_ESTABLISHED, Samples, aa_band, calibration, ver
 from nwor.suite import MASTER_LOG
 
 AGREE = (NOISE, NOT_ESTABLISHED)
+# Set per run by the executor or the run itself, so expected to differ between a serial and a parallel run.
+EXECUTOR_ENV = ("NWOR_RAY_TASK_ID", "VLLM_LOGGING_CONFIG_PATH", "CUDA_VISIBLE_DEVICES")
 LINE = re.compile(r"^\[([^\]]+)\] (\S+)\s+\S+/\S+")  # nwor.suite.SuiteLog's line: [stamp] EVENT grid/run_id
 
 
@@ -58,8 +62,8 @@ def run_latencies(frames) -> dict[str, list[list[float]]]:
             batches.groupby("run_id")}
 
 
-def run_placements(outputs: Path, profile: str) -> dict[str, dict | None]:
-    """run id -> the `placement` block a Ray task recorded (host, GPU ids), None for a local run."""
+def run_docs(outputs: Path, profile: str) -> dict[str, dict]:
+    """run id -> its result JSON, for what load_profile's frames do not keep (placement, environment)."""
     found = {}
     for path in sorted((outputs / profile).glob("*/*.json")):
         try:
@@ -67,8 +71,19 @@ def run_placements(outputs: Path, profile: str) -> dict[str, dict | None]:
         except ValueError:
             continue  # load_profile already lists unreadable files; placement is display only
         if isinstance(doc, dict) and "run_id" in doc:
-            found[doc["run_id"]] = doc.get("placement")
+            found[doc["run_id"]] = doc
     return found
+
+
+def env_differences(serial_doc: dict, parallel_doc: dict) -> dict[str, list]:
+    """Variable -> [serial value, parallel value] (None: unset) for each recorded variable that differs, apart
+    from EXECUTOR_ENV."""
+    def env(doc):
+        found = (doc.get("env") or {}).get("env_vars")
+        return found if isinstance(found, dict) else {}
+    s, p = env(serial_doc), env(parallel_doc)
+    return {name: [s.get(name), p.get(name)] for name in sorted(set(s) | set(p))
+            if name not in EXECUTOR_ENV and s.get(name) != p.get(name)}
 
 
 def pooled(lat_s: dict, lat_p: dict, run_ids: list[str], band) -> dict | None:
@@ -95,14 +110,15 @@ def compare(serial: Path, parallel: Path, profile: str, band=None) -> dict:
     if band is None:
         band, note = aa_band(calibration(within_run(frames_s, Samples(frames_s.arm_batches))), "engines-interleaved")
     lat_s, lat_p = run_latencies(frames_s), run_latencies(frames_p)
-    placements = run_placements(parallel, profile)
+    docs_s, docs_p = run_docs(serial, profile), run_docs(parallel, profile)
     common, rows = sorted(set(lat_s) & set(lat_p)), []
     for run_id in common:
         est = stats.change_ci(lat_s[run_id], lat_p[run_id])
         said = verdict(est, "lower", band)
         rows.append({"run_id": run_id, "latency_change_pct": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
                      "instances": [est.instances_baseline, est.instances_treatment], "method": est.method,
-                     "verdict": said, "agrees": said in AGREE, "placement": placements.get(run_id)})
+                     "verdict": said, "agrees": said in AGREE, "placement": docs_p.get(run_id, {}).get("placement"),
+                     "env_differs": env_differences(docs_s.get(run_id, {}), docs_p.get(run_id, {}))})
     wall = {"serial_s": wall_s(serial, profile), "parallel_s": wall_s(parallel, profile)}
     ratio = wall["parallel_s"] / wall["serial_s"] if wall["serial_s"] and wall["parallel_s"] is not None else None
     return {"profile": profile, "aa_band_pct": band, "aa_band_note": note, "rows": rows,
@@ -146,6 +162,10 @@ def main(argv=None) -> int:
     print(f"{agree} of {len(result['rows'])} runs agree; wall serial {result['wall']['serial_s']} s, parallel "
           f"{result['wall']['parallel_s']} s, ratio {'null' if ratio is None else f'{ratio:.2f}'} "
           f"(target <= {args.max_wall_ratio})")
+    differ = {r["run_id"]: r["env_differs"] for r in result["rows"] if r["env_differs"]}
+    for run_id, names in differ.items():
+        print(f"not comparable, environment differs: {run_id}: " +
+              ", ".join(f"{name} {a!r} (serial) vs {b!r} (parallel)" for name, (a, b) in names.items()))
     if result["only_serial"] or result["only_parallel"]:
         print(f"not compared (ok in one folder only): {result['only_serial'] + result['only_parallel']}")
     if args.out:
@@ -154,7 +174,7 @@ def main(argv=None) -> int:
         atomic_write_text(args.out, json.dumps(result, indent=1, default=str) + "\n")
     same = bool(together and together["agrees"]) if args.pooled else bool(result["rows"]) and agree == len(
         result["rows"])
-    ok = same and ratio is not None and ratio <= args.max_wall_ratio
+    ok = same and not differ and ratio is not None and ratio <= args.max_wall_ratio
     return 0 if ok else 1
 
 

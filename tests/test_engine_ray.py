@@ -147,6 +147,9 @@ def test_results_are_complete_and_say_where_they_ran(suite):
         # The machine by its hashed id (the run's own provenance says the same), never a host name.
         assert doc["placement"]["machine_id"] == doc["env"]["machine_id"] and "hostname" not in doc["placement"]
         assert doc["summary"]["per_mode"][0]["latency_avg_s"] > 0
+        # The driver's OMP_NUM_THREADS (here: this test's), not the 1 Ray puts in its workers: a parallel run
+        # must measure the engine a local run measures.
+        assert doc["env"]["env_vars"].get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")
         notebook = (suite["grid_dir"] / f"{run}.ipynb").read_text()
         assert json.loads(notebook)["metadata"]["papermill"]["duration"] > 0
         assert "nwor-ray-" not in notebook  # the worker's private folder is not named in shared artifacts

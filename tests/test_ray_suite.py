@@ -1,12 +1,14 @@
 """Tests for nwor.ray_suite's pure parts: the Ray resources a run reserves, and the CLI's executor options."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from nwor.cli import _ray_options
 from nwor.config import RunSpec
 from nwor.errors import ConfigError
-from nwor.ray_suite import task_resources
+from nwor.ray_suite import expected_work, submission_order, task_resources
 
 SPEC = RunSpec(run_id="run1_x", grid="adaptive_grid", profile="smoke", num_requests=3)
 
@@ -42,3 +44,13 @@ def test_executor_options():
                           (("ray", None, 0), "at least 1")]:
         with pytest.raises(ConfigError, match=message):
             _ray_options(*args)
+
+
+def test_runs_are_submitted_ncu_first_then_longest_first_ties_in_suite_order():
+    shape = dict(num_requests=36, max_new_tokens=128, measured_batches=8, warmup_batches=10, warmup_max_batches=30)
+    one_arm, same = RunSpec(run_id="a0", **shape), RunSpec(run_id="a0b", **shape)
+    two_arms = RunSpec(run_id="a1", arms=({"name": "baseline", "adaptive_draft_length": False},), **shape)
+    assert expected_work(two_arms) == 2 * expected_work(one_arm) == 2 * 18 * 36 * 128
+    small_ncu = RunSpec(run_id="n", ncu=True, num_requests=1, max_new_tokens=1)
+    todo = [SimpleNamespace(spec=s) for s in (one_arm, two_arms, same, small_ncu)]
+    assert [st.spec.run_id for st in submission_order(todo)] == ["n", "a1", "a0", "a0b"]
