@@ -21,7 +21,7 @@ from nwor.errors import SchemaError
 from nwor.kv_writes import KV_COLUMNS, kv_fields
 from nwor.machines import machine_name
 from nwor.ncu_metrics import DRAM_WRITE
-from nwor.paths import is_side_result, report_folder
+from nwor.paths import SESSION_SEPARATOR, is_side_result, report_folder
 from nwor.results import SCHEMA_VERSION, STATUSES, read_result
 from nwor.tp_report import rank_fields
 
@@ -284,7 +284,8 @@ def load_profile(outputs_root: str | Path, profile: str,
             batches.append({"run_id": doc["run_id"], "grid": doc.get("grid"),
                             **{k: v for k, v in result.items() if k not in ("outputs", "sampling_params")}})
         requests += [{"run_id": doc["run_id"], "grid": doc.get("grid"), **r} for r in doc.get("requests") or []]
-    found = {(r["grid"], r["run_id"]) for r in runs}
+    # A calibration run assembled per session (`<run_id>__<session>`, nwor.study) stands for its planned run.
+    found = {(r["grid"], str(r["run_id"]).partition(SESSION_SEPARATOR)[0]) for r in runs}
     for grid, run_ids in (expected or {}).items():
         runs += [_placeholder(run_id, grid, profile, "missing", f"missing: no {profile}/{grid}/{run_id}.json")
                  for run_id in run_ids if (grid, run_id) not in found]

@@ -19,6 +19,9 @@ REPORT_FOLDER = "report"
 STAGING_FOLDER = ".report-rendering"  # beside report/, so that the final rename stays on one filesystem
 # Tags of a run's ncu passes: the measured window, and the KV-cache write sub-pass (nwor/ncu_pass.py).
 NCU_TAGS = ("ncu", "ncu-kv")
+# A study assembled from several sessions keeps each session's calibration runs as `<run_id>__<session>`
+# (nwor/study.py).
+SESSION_SEPARATOR = "__"
 
 
 def outputs_root() -> Path:

@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # tests run headless
 
 import matplotlib.pyplot as plt  # noqa: E402
 import nbformat  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from nwor import analysis, arms, compare, determinism, findings, pairing, plots, plots_early_exit, views  # noqa: E402
@@ -113,6 +114,10 @@ def test_calibration_figure_shows_the_aa_bands_and_says_when_there_is_none():
     band = arms.aa_band(aa, "within-engine")[0]
     assert f"A/A band, within-engine: {band[0]:+.1f} to {band[1]:+.1f}%" in text
     assert "NO A/A RUN" in texts(plots.plot_calibration(aa.iloc[0:0]))
+    assert "h100-a" not in text  # one machine: rows name none
+    two = pd.concat([aa.assign(machine="h100-a"), aa.assign(machine="h100-b")], ignore_index=True)
+    text = texts(plots.plot_calibration(two))  # an assembled study (nwor.study): each A/A row says whose it is
+    assert "A/A within-engine: run vs baseline, h100-a" in text and "run vs baseline, h100-b" in text
 
 
 def test_save_figure_writes_png_and_svg(tmp_path):
