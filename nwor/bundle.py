@@ -26,14 +26,19 @@ def result_name(run_id: str) -> str:
     return f"{run_id}.json"
 
 
+def run_files(folder: str | Path, run_id: str) -> list[Path]:
+    """The run's files in `folder`: `<run_id>.*`, temporary `.`-files left out."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.name.startswith(f"{run_id}.") and not p.name.startswith("."))
+
+
 def collect(folder: str | Path, run_id: str, max_bytes: int = MAX_BUNDLE_BYTES) -> dict[str, bytes]:
     """The run's files in `folder` (`<run_id>.*`; temporary `.`-files left out) as `{name: bytes}`.
 
     Raises:
         BundleTooLarge: their total size exceeds `max_bytes` (the message names the largest files).
     """
-    paths = sorted(p for p in Path(folder).iterdir()
-                   if p.is_file() and p.name.startswith(f"{run_id}.") and not p.name.startswith("."))
+    paths = run_files(folder, run_id)
     sizes = {p.name: p.stat().st_size for p in paths}
     if sum(sizes.values()) > max_bytes:
         largest = ", ".join(f"{n} ({s / 2**20:.0f} MiB)" for n, s in sorted(sizes.items(), key=lambda x: -x[1])[:3])

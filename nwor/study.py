@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from nwor.bundle import result_name
+from nwor.bundle import result_name, run_files
 from nwor.collect import is_result_json
 from nwor.errors import NworError
 from nwor.files import atomic_write_text
@@ -57,11 +57,6 @@ def parse_session(text: str) -> Session:
     if not Path(folder).is_dir():
         raise StudyError(f"session {label}: no folder {folder}")
     return Session(label, Path(folder))
-
-
-def _run_files(grid_dir: Path, run_id: str) -> list[Path]:
-    return sorted(p for p in grid_dir.iterdir()
-                  if p.is_file() and p.name.startswith(f"{run_id}.") and not p.name.startswith("."))
 
 
 def _results(session: Session, profiles: list[str]):
@@ -134,7 +129,7 @@ def assemble(dest: Path, sessions: list[Session], profiles: list[str]) -> dict:
         for (profile, grid, new_id), entry in sorted(chosen.items()):
             target = staging / profile / grid
             target.mkdir(parents=True, exist_ok=True)
-            for path in _run_files(entry["path"].parent, entry["run_id"]):
+            for path in run_files(entry["path"].parent, entry["run_id"]):
                 if path.name == result_name(entry["run_id"]):
                     continue  # written last, with its new fields
                 shutil.copy2(path, target / (new_id + path.name[len(entry["run_id"]):]))
