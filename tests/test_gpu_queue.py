@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,25 @@ def test_machine_label_only_when_set(queue, argument, caller, expected):
     assert seen.read_text() == f"label={expected} gpu={gpu}\n"
     log = (logs / f"q{gpu}.log").read_text()
     assert "EXIT 0 echo" in log and log.rstrip().endswith("QUEUE DONE")
+
+
+def test_the_queue_file_is_read_again_before_each_command(queue):
+    """Removing the lines not yet started stops them, and an appended line runs. In session 7 two removed lines
+    still ran: the edited file was a new file under the old name, and bash kept reading the old one."""
+    gpu, commands, logs, _ = queue
+    out, release = commands.parent / "out.txt", commands.parent / "release"
+    first = f"while [ ! -e {release} ]; do sleep 0.05; done; echo one >> {out}"
+    commands.write_text(f"{first}\n\necho two >> {out}\necho three >> {out}\n")
+    proc = subprocess.Popen(["bash", str(SCRIPT), gpu, str(commands), str(logs)])
+    log = logs / f"q{gpu}.log"
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "START while" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # A new file renamed over the old one, as editors and the device tool's copy of the work tree write it
+    edited = commands.with_suffix(".new")
+    edited.write_text(f"{first}\necho four >> {out}\n")
+    os.replace(edited, commands)
+    release.touch()
+    assert proc.wait(timeout=30) == 0
+    assert out.read_text() == "one\nfour\n"
+    assert log.read_text().count("START") == 2 and log.read_text().rstrip().endswith("QUEUE DONE")
