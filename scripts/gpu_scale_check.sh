@@ -6,9 +6,10 @@
 # parallel_vs_serial.json); LOG_DIR/scale.log a START and EXIT line per step, LOG_DIR/scale.out their output.
 # With QUEUE_LOGs (other queues' gpu_queue.sh logs), the parallel half waits for each to say QUEUE DONE: it needs
 # every GPU. Queues running beside the serial half share the host's CPUs with it, as the parallel runs share
-# them with each other; without queues the serial half has the host alone.
+# them with each other; without queues the serial half has the host alone. NWOR_SCALE_PROFILE (default
+# gpu-smoke-1x) picks another profile, e.g. smoke to try the script on a CPU.
 set -u
-out=$1 logs=$2
+out=$1 logs=$2 profile=${NWOR_SCALE_PROFILE:-gpu-smoke-1x}
 if [ -n "${3:-}" ]; then export NWOR_MACHINE_LABEL=$3; fi
 shift $(( $# < 3 ? $# : 3 ))
 L=$logs/scale.log O=$logs/scale.out
@@ -22,14 +23,14 @@ for w in run3_r36_t128_temp0.0_d10 run4_r36_t128_temp0.7_d10 run7_r36_t128_temp0
   RUNS+=(--only "${w}_adaptive0" --only "${w}_adaptive1")
 done
 # Warm the shared compile cache first: both halves must start warm.
-step warm env CUDA_VISIBLE_DEVICES=0 nwor run adaptive_grid --profile gpu-smoke-1x --outputs "$out/scale-warm" \
+step warm env CUDA_VISIBLE_DEVICES=0 nwor run adaptive_grid --profile "$profile" --outputs "$out/scale-warm" \
   --only run1_r12_t64_temp0.0_d10_adaptive0
-step serial env CUDA_VISIBLE_DEVICES=0 nwor run adaptive_grid --profile gpu-smoke-1x --outputs "$out/scale-serial" \
+step serial env CUDA_VISIBLE_DEVICES=0 nwor run adaptive_grid --profile "$profile" --outputs "$out/scale-serial" \
   "${RUNS[@]}"
 for queue_log in "$@"; do
   until grep -q 'QUEUE DONE' "$queue_log" 2>/dev/null; do sleep 5; done
 done
-step parallel nwor run adaptive_grid --profile gpu-smoke-1x --outputs "$out/scale-parallel" --executor ray "${RUNS[@]}"
-step compare python3 scripts/parallel_vs_serial.py "$out/scale-serial" "$out/scale-parallel" --profile gpu-smoke-1x \
-  --pooled --out "$out/scale-parallel/gpu-smoke-1x/parallel_vs_serial.json"
+step parallel nwor run adaptive_grid --profile "$profile" --outputs "$out/scale-parallel" --executor ray "${RUNS[@]}"
+step compare python3 scripts/parallel_vs_serial.py "$out/scale-serial" "$out/scale-parallel" --profile "$profile" \
+  --pooled --out "$out/scale-parallel/$profile/parallel_vs_serial.json"
 echo "[$(date -u +%H:%M:%S)] SCALE DONE" >> "$L"

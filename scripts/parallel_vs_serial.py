@@ -10,8 +10,9 @@ serial folder, or --aa-band LOW HIGH). A run agrees when its interval includes 0
 (verdict "inside the noise" / "not established"). Also the wall-time ratio parallel / serial, each the span
 from the first START to the last end line of the profile's master log. With --pooled, all runs are judged
 together instead (each run one paired unit: for profiles of one engine instance per run). The runs' recorded
-environment variables (`env.env_vars`) must match pair by pair, apart from those the executor sets by design
-(EXECUTOR_ENV): a difference there, not the parallelism, could explain a latency change. Exit 0 when every
+environment variables (`env.env_vars`) must match pair by pair, apart from those set per run or per engine
+(PER_RUN_ENV, and any whose value differs among the serial runs themselves): a difference there, not the
+parallelism, could explain a latency change. Exit 0 when every
 compared run (or, with --pooled, the runs together) agrees, no environment differs and the ratio is at most
 --max-wall-ratio; 1 otherwise; 2 on bad input.
 """
@@ -31,8 +32,10 @@ from nwor.arms import NOISE, NOT_ESTABLISHED, Samples, aa_band, calibration, ver
 from nwor.suite import MASTER_LOG
 
 AGREE = (NOISE, NOT_ESTABLISHED)
-# Set per run by the executor or the run itself, so expected to differ between a serial and a parallel run.
-EXECUTOR_ENV = ("NWOR_RAY_TASK_ID", "VLLM_LOGGING_CONFIG_PATH", "CUDA_VISIBLE_DEVICES")
+# Set per run by the executor or the run, or per engine by vLLM (random names on the CPU build), so they differ
+# between any two runs.
+PER_RUN_ENV = ("NWOR_RAY_TASK_ID", "VLLM_LOGGING_CONFIG_PATH", "CUDA_VISIBLE_DEVICES", "VLLM_DIST_IDENT",
+               "VLLM_OBJECT_STORAGE_SHM_BUFFER_NAME")
 LINE = re.compile(r"^\[([^\]]+)\] (\S+)\s+\S+/\S+")  # nwor.suite.SuiteLog's line: [stamp] EVENT grid/run_id
 
 
@@ -75,15 +78,23 @@ def run_docs(outputs: Path, profile: str) -> dict[str, dict]:
     return found
 
 
-def env_differences(serial_doc: dict, parallel_doc: dict) -> dict[str, list]:
+def _env(doc: dict) -> dict:
+    found = (doc.get("env") or {}).get("env_vars")
+    return found if isinstance(found, dict) else {}
+
+
+def varying_env(docs: list[dict]) -> set[str]:
+    """Variables whose value differs among these runs (the serial ones): set per run, not by the executor."""
+    envs = [_env(doc) for doc in docs]
+    return {name for name in set().union(*envs) if len({env.get(name) for env in envs}) > 1} if envs else set()
+
+
+def env_differences(serial_doc: dict, parallel_doc: dict, ignore=()) -> dict[str, list]:
     """Variable -> [serial value, parallel value] (None: unset) for each recorded variable that differs, apart
-    from EXECUTOR_ENV."""
-    def env(doc):
-        found = (doc.get("env") or {}).get("env_vars")
-        return found if isinstance(found, dict) else {}
-    s, p = env(serial_doc), env(parallel_doc)
+    from PER_RUN_ENV and `ignore`."""
+    s, p = _env(serial_doc), _env(parallel_doc)
     return {name: [s.get(name), p.get(name)] for name in sorted(set(s) | set(p))
-            if name not in EXECUTOR_ENV and s.get(name) != p.get(name)}
+            if name not in PER_RUN_ENV and name not in ignore and s.get(name) != p.get(name)}
 
 
 def pooled(lat_s: dict, lat_p: dict, run_ids: list[str], band) -> dict | None:
@@ -112,13 +123,14 @@ def compare(serial: Path, parallel: Path, profile: str, band=None) -> dict:
     lat_s, lat_p = run_latencies(frames_s), run_latencies(frames_p)
     docs_s, docs_p = run_docs(serial, profile), run_docs(parallel, profile)
     common, rows = sorted(set(lat_s) & set(lat_p)), []
+    per_run = varying_env([docs_s[run_id] for run_id in common if run_id in docs_s])
     for run_id in common:
         est = stats.change_ci(lat_s[run_id], lat_p[run_id])
         said = verdict(est, "lower", band)
         rows.append({"run_id": run_id, "latency_change_pct": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
                      "instances": [est.instances_baseline, est.instances_treatment], "method": est.method,
                      "verdict": said, "agrees": said in AGREE, "placement": docs_p.get(run_id, {}).get("placement"),
-                     "env_differs": env_differences(docs_s.get(run_id, {}), docs_p.get(run_id, {}))})
+                     "env_differs": env_differences(docs_s.get(run_id, {}), docs_p.get(run_id, {}), per_run)})
     wall = {"serial_s": wall_s(serial, profile), "parallel_s": wall_s(parallel, profile)}
     ratio = wall["parallel_s"] / wall["serial_s"] if wall["serial_s"] and wall["parallel_s"] is not None else None
     return {"profile": profile, "aa_band_pct": band, "aa_band_note": note, "rows": rows,

@@ -80,17 +80,26 @@ def test_runs_judged_together_when_each_has_one_engine(tmp_path, capsys):
     assert pvs.pooled({"a": [[1.0]]}, {"a": [[1.0]]}, ["a"], None) is None
 
 
+def _edit_env(path: Path, **values) -> None:
+    doc = json.loads(path.read_text())
+    doc["env"].setdefault("env_vars", {}).update(values)
+    path.write_text(json.dumps(doc))
+
+
 def test_a_run_environment_that_differs_makes_the_pair_not_comparable(tmp_path, capsys):
     """As in H100 session 7 (Ray set OMP_NUM_THREADS=1 in its workers; serial runs had none): the latencies may
     agree, but a variable other than the executor's own differs, so the script fails and names it."""
     serial = _copy(tmp_path, "s", log=SERIAL_LOG)
     parallel = _copy(tmp_path, "p", log=PARALLEL_LOG)
+    # Per run or per engine, not the executor's doing: named ones, and one that differs among the serial runs
+    for i, path in enumerate(sorted((serial / "full" / "adaptive_grid").glob("*.json"))):
+        _edit_env(path, VLLM_DIST_IDENT=f"vllm_dist_{i}", SOME_RUN_NAME=f"serial-{i}")
     changed = sorted((parallel / "full" / "adaptive_grid").glob("*.json"))[0]
+    _edit_env(changed, OMP_NUM_THREADS="1", NWOR_RAY_TASK_ID="abc", CUDA_VISIBLE_DEVICES="3",
+              VLLM_DIST_IDENT="vllm_dist_p", SOME_RUN_NAME="parallel")
     doc = json.loads(changed.read_text())
-    doc["env"].setdefault("env_vars", {}).update(OMP_NUM_THREADS="1", NWOR_RAY_TASK_ID="abc", CUDA_VISIBLE_DEVICES="3")
-    changed.write_text(json.dumps(doc))
     rows = {r["run_id"]: r for r in pvs.compare(serial, parallel, "full", band=(-3.0, 3.0))["rows"]}
-    assert rows[doc["run_id"]]["env_differs"] == {"OMP_NUM_THREADS": [None, "1"]}  # the executor's own ignored
+    assert rows[doc["run_id"]]["env_differs"] == {"OMP_NUM_THREADS": [None, "1"]}
     assert not [r for run_id, r in rows.items() if run_id != doc["run_id"] and r["env_differs"]]
     assert pvs.main([str(serial), str(parallel), "--profile", "full", "--aa-band", "-3", "3", "--pooled"]) == 1
     assert f"environment differs: {doc['run_id']}: OMP_NUM_THREADS None (serial) vs '1' (parallel)" in \
