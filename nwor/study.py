@@ -23,10 +23,11 @@ from pathlib import Path
 
 from nwor.bundle import result_name, run_files
 from nwor.collect import is_result_json
-from nwor.errors import NworError
+from nwor.errors import NworError, SchemaError
 from nwor.files import atomic_write_text
 from nwor.paths import SESSION_SEPARATOR
 from nwor.provenance import display_path
+from nwor.results import read_result
 
 CALIBRATION_GRID = "calibration_grid"
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -69,12 +70,9 @@ def _results(session: Session, profiles: list[str]):
 
 def _read(path: Path) -> dict:
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise StudyError(f"{path}: not a readable result ({type(err).__name__})") from None
-    if not isinstance(doc, dict) or "run_id" not in doc:
-        raise StudyError(f"{path}: not a run's result (no run_id)")
-    return doc
+        return read_result(path)
+    except SchemaError as err:
+        raise StudyError(f"not a readable result: {err}") from None
 
 
 def plan(sessions: list[Session], profiles: list[str]) -> dict:

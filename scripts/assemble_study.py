@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nwor.study import StudyError, assemble, parse_session
+from nwor.study import MANIFEST, StudyError, assemble, parse_session
 
 
 def main(argv=None) -> int:
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     for r in runs:
         if r["replaced_sessions"]:
             print(f"  {r['grid']}/{r['run_id']}: from {r['session']}, replacing {', '.join(r['replaced_sessions'])}")
-    print(f"{len(runs)} runs in {args.dest}; sources in {args.dest / 'manifest.json'}")
+    print(f"{len(runs)} runs in {args.dest}; sources in {args.dest / MANIFEST}")
     return 0
 
 

@@ -4,7 +4,8 @@
 # Each line of QUEUE_FILE is one command (run with bash -c from the repository root); the file may be edited
 # while the queue runs (below). The queue gets GPU GPU alone, its own vLLM compile cache and its own temp
 # folder: queues then share neither compile-cache writes nor ncu's lock file (kept in the temp folder), so ncu
-# passes on different GPUs do not wait for each other. LOG_DIR/qGPU.log gets a START and an EXIT line per command, LOG_DIR/qGPU.out its output.
+# passes on different GPUs do not wait for each other. LOG_DIR/qGPU.log gets a START and an EXIT line per
+# command, LOG_DIR/qGPU.out its output.
 set -u
 gpu=$1 queue=$2 logs=$3
 # MACHINE_LABEL (optional, e.g. h100-session7) names this session's machine in every result (env.machine_label,
