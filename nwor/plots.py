@@ -248,10 +248,9 @@ def plot_calibration(aa: pd.DataFrame, arms: pd.DataFrame | None = None) -> plt.
     if arms is not None and len(arms):
         arms = arms[arms.grid == "calibration_grid"]
     machines = machine_column(aa)  # A/A runs of several machines (an assembled study) each name theirs
-    named = [f", {m}" for m in machines] if machines.nunique() > 1 else [""] * len(machines)
-    rows = [(f"A/A {r.design}: {r.arm} vs {r.reference_arm}{where}\n{r.instances}", r.latency_change_pct,
-             r.latency_change_pct_ci_low, r.latency_change_pct_ci_high, "tab:gray", r.method)
-            for r, where in zip(aa.itertuples(), named)]
+    rows = [(f"A/A {r.design}: {r.arm} vs {r.reference_arm}{f', {m}' if machines.nunique() > 1 else ''}"
+             f"\n{r.instances}", r.latency_change_pct, r.latency_change_pct_ci_low, r.latency_change_pct_ci_high,
+             "tab:gray", r.method) for r, m in zip(aa.itertuples(), machines)]
     rows += [(f"{r.arm} vs {r.reference_arm} ({r.design})\n{r.instances}", r.latency_overhead_pct,
               r.latency_overhead_pct_ci_low, r.latency_overhead_pct_ci_high, "tab:blue", r.method)
              for r in (arms if arms is not None else pd.DataFrame()).itertuples()]
