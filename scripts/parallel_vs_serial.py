@@ -7,14 +7,16 @@ Per run id that is ok in both: the latency change % of the parallel run against 
 arm "run" batches, engine instances kept apart: nwor.stats.change_ci, unpaired, as two separate runs are),
 judged against the A/A band of engines-interleaved designs (nwor.arms.aa_band, from the A/A runs in the
 serial folder, or --aa-band LOW HIGH). A run agrees when its interval includes 0 or overlaps the band
-(verdict "inside the noise" / "not established"). Also the wall-time ratio parallel / serial, each the span
+(verdict "inside the noise" / "not established"). Also what each two-arm run measures (arm "run" against its
+reference arm in the same engines: the study's result), parallel minus serial in points, all runs together
+with an interval that must include 0. And the wall-time ratio parallel / serial, each the span
 from the first START to the last end line of the profile's master log. With --pooled, all runs are judged
 together instead (each run one paired unit: for profiles of one engine instance per run). The runs' recorded
 environment variables (`env.env_vars`) must match pair by pair, apart from those set per run or per engine
 (PER_RUN_ENV, and any whose value differs among the serial runs themselves): a difference there, not the
-parallelism, could explain a latency change. Exit 0 when every
-compared run (or, with --pooled, the runs together) agrees, no environment differs and the ratio is at most
---max-wall-ratio; 1 otherwise; 2 on bad input.
+parallelism, could explain a latency change. Exit 0 when every compared run (or, with --pooled, the runs
+together) agrees, the effects agree, no environment differs and the ratio is at most --max-wall-ratio;
+1 otherwise; 2 on bad input.
 """
 from __future__ import annotations
 
@@ -114,6 +116,30 @@ def pooled(lat_s: dict, lat_p: dict, run_ids: list[str], band) -> dict | None:
             "method": f"{est.method}; runs as paired instances", "verdict": said, "agrees": said in AGREE}
 
 
+def run_effects(frames) -> dict[str, float]:
+    """run id -> arm "run"'s latency change % against its reference arm in the same run (nwor.arms.within_run:
+    the study's own result), for ok runs with two arms that are not an A/A pair."""
+    within = within_run(frames, Samples(frames.arm_batches))
+    within = within[(within.arm == "run") & ~within.aa.astype(bool) & within.latency_change_pct.notna()]
+    return dict(zip(within.run_id, within.latency_change_pct))
+
+
+def effects(frames_s, frames_p) -> dict | None:
+    """Serial and parallel per two-arm run, what the run measures (arm "run" against its reference arm), and the
+    difference in points; together, the mean difference over runs with a Student-t interval (runs as instances:
+    nwor.stats.mean_ci). The host's load may shift absolute latencies while effects measured arm against arm
+    in one engine stay; a difference whose interval excludes 0 changed the results. None without such runs."""
+    s, p = run_effects(frames_s), run_effects(frames_p)
+    rows = [{"run_id": run_id, "serial_pct": s[run_id], "parallel_pct": p[run_id],
+             "difference_points": p[run_id] - s[run_id]} for run_id in sorted(set(s) & set(p))]
+    if not rows:
+        return None
+    est = stats.mean_ci([[row["difference_points"]] for row in rows])
+    return {"rows": rows, "runs": len(rows), "difference_points": est.value, "ci_low": est.ci_low,
+            "ci_high": est.ci_high, "method": f"{est.method}; runs as instances",
+            "agrees": bool(est.has_ci and est.ci_low <= 0 <= est.ci_high)}
+
+
 def compare(serial: Path, parallel: Path, profile: str, band=None) -> dict:
     """The per-run comparison rows, the A/A band used and the wall times."""
     frames_s, frames_p = load_profile(serial, profile), load_profile(parallel, profile)
@@ -134,7 +160,7 @@ def compare(serial: Path, parallel: Path, profile: str, band=None) -> dict:
     wall = {"serial_s": wall_s(serial, profile), "parallel_s": wall_s(parallel, profile)}
     ratio = wall["parallel_s"] / wall["serial_s"] if wall["serial_s"] and wall["parallel_s"] is not None else None
     return {"profile": profile, "aa_band_pct": band, "aa_band_note": note, "rows": rows,
-            "pooled": pooled(lat_s, lat_p, common, band), "wall": wall,
+            "pooled": pooled(lat_s, lat_p, common, band), "effects": effects(frames_s, frames_p), "wall": wall,
             "wall_ratio": ratio, "only_serial": sorted(set(lat_s) - set(lat_p)),
             "only_parallel": sorted(set(lat_p) - set(lat_s))}
 
@@ -170,6 +196,11 @@ def main(argv=None) -> int:
     if together:
         print(f"all {together['runs']} runs together: {_fmt(together['latency_change_pct'])}% "
               f"[{_fmt(together['ci_low'])}, {_fmt(together['ci_high'])}] {together['verdict']}")
+    moved = result["effects"]
+    if moved:
+        print(f"what the {moved['runs']} two-arm runs measure (arm run vs its reference), parallel minus serial: "
+              f"{_fmt(moved['difference_points'])} points [{_fmt(moved['ci_low'])}, {_fmt(moved['ci_high'])}] "
+              f"({'interval includes 0' if moved['agrees'] else 'changed'})")
     ratio = result["wall_ratio"]
     print(f"{agree} of {len(result['rows'])} runs agree; wall serial {result['wall']['serial_s']} s, parallel "
           f"{result['wall']['parallel_s']} s, ratio {'null' if ratio is None else f'{ratio:.2f}'} "
@@ -186,7 +217,7 @@ def main(argv=None) -> int:
         atomic_write_text(args.out, json.dumps(result, indent=1, default=str) + "\n")
     same = bool(together and together["agrees"]) if args.pooled else bool(result["rows"]) and agree == len(
         result["rows"])
-    ok = same and not differ and ratio is not None and ratio <= args.max_wall_ratio
+    ok = same and not differ and (not moved or moved["agrees"]) and ratio is not None and ratio <= args.max_wall_ratio
     return 0 if ok else 1
 
 

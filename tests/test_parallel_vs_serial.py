@@ -16,16 +16,22 @@ pvs = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(pvs)
 
 
+def _scale_arm(root, arm, scale, grid="*"):
+    """Multiply the batch latencies of `arm` (None: every arm) in the grid's result JSONs by `scale`."""
+    for path in (root / "full").glob(f"{grid}/*.json"):
+        doc = json.loads(path.read_text())
+        for rep in doc.get("replicates") or []:
+            for batch in rep["batches"]:
+                if arm is None or batch["arm"] == arm:
+                    batch["latency_s"] *= scale
+        path.write_text(json.dumps(doc))
+
+
 def _copy(tmp_path, name, scale=1.0, log=None):
     root = tmp_path / name
     shutil.copytree(FIXTURES / "full", root / "full")
     if scale != 1.0:
-        for path in (root / "full" / "adaptive_grid").glob("*.json"):
-            doc = json.loads(path.read_text())
-            for rep in doc.get("replicates") or []:
-                for batch in rep["batches"]:
-                    batch["latency_s"] *= scale
-            path.write_text(json.dumps(doc))
+        _scale_arm(root, None, scale, "adaptive_grid")
     if log:
         (root / "full" / "master_experiment.log").write_text(log)
     return root
@@ -104,3 +110,19 @@ def test_a_run_environment_that_differs_makes_the_pair_not_comparable(tmp_path, 
     assert pvs.main([str(serial), str(parallel), "--profile", "full", "--aa-band", "-3", "3", "--pooled"]) == 1
     assert f"environment differs: {doc['run_id']}: OMP_NUM_THREADS None (serial) vs '1' (parallel)" in \
         capsys.readouterr().out
+
+
+
+def test_effects_agree_for_the_same_runs_and_not_when_one_arm_moves(tmp_path):
+    serial = _copy(tmp_path, "s", log=SERIAL_LOG)
+    same = pvs.compare(serial, _copy(tmp_path, "p", log=PARALLEL_LOG), "full", band=(-3.0, 3.0))["effects"]
+    assert same and same["runs"] >= 2, "the fixtures should hold two or more two-arm runs"
+    assert all(row["difference_points"] == pytest.approx(0.0, abs=1e-9) for row in same["rows"]) and same["agrees"]
+    # Both arms slower by the same factor: latencies move, what the runs measure does not.
+    both = _copy(tmp_path, "both", scale=1.5)
+    assert pvs.compare(serial, both, "full", band=(-3.0, 3.0))["effects"]["agrees"]
+    # Only arm "run" slower: every run's effect grows by 50 x (run / reference) points, so the results changed.
+    one = _copy(tmp_path, "one")
+    _scale_arm(one, "run", 1.5)
+    moved = pvs.compare(serial, one, "full", band=(-3.0, 3.0))["effects"]
+    assert all(row["difference_points"] > 25 for row in moved["rows"]) and not moved["agrees"]
