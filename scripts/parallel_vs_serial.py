@@ -116,20 +116,19 @@ def pooled(lat_s: dict, lat_p: dict, run_ids: list[str], band) -> dict | None:
             "method": f"{est.method}; runs as paired instances", "verdict": said, "agrees": said in AGREE}
 
 
-def run_effects(frames) -> dict[str, float]:
-    """run id -> arm "run"'s latency change % against its reference arm in the same run (nwor.arms.within_run:
-    the study's own result), for ok runs with two arms that are not an A/A pair."""
-    within = within_run(frames, Samples(frames.arm_batches))
+def run_effects(within) -> dict[str, float]:
+    """run id -> arm "run"'s latency change % against its reference arm in the same run (a nwor.arms.within_run
+    table: the study's own result), for ok runs with two arms that are not an A/A pair."""
     within = within[(within.arm == "run") & ~within.aa.astype(bool) & within.latency_change_pct.notna()]
     return dict(zip(within.run_id, within.latency_change_pct))
 
 
-def effects(frames_s, frames_p) -> dict | None:
+def effects(within_s, within_p) -> dict | None:
     """Serial and parallel per two-arm run, what the run measures (arm "run" against its reference arm), and the
     difference in points; together, the mean difference over runs with a Student-t interval (runs as instances:
     nwor.stats.mean_ci). The host's load may shift absolute latencies while effects measured arm against arm
     in one engine stay; a difference whose interval excludes 0 changed the results. None without such runs."""
-    s, p = run_effects(frames_s), run_effects(frames_p)
+    s, p = run_effects(within_s), run_effects(within_p)
     rows = [{"run_id": run_id, "serial_pct": s[run_id], "parallel_pct": p[run_id],
              "difference_points": p[run_id] - s[run_id]} for run_id in sorted(set(s) & set(p))]
     if not rows:
@@ -143,9 +142,11 @@ def effects(frames_s, frames_p) -> dict | None:
 def compare(serial: Path, parallel: Path, profile: str, band=None) -> dict:
     """The per-run comparison rows, the A/A band used and the wall times."""
     frames_s, frames_p = load_profile(serial, profile), load_profile(parallel, profile)
+    # Each folder's within-run comparisons once: they give the A/A band and the effects.
+    within_s, within_p = (within_run(frames, Samples(frames.arm_batches)) for frames in (frames_s, frames_p))
     note = "from --aa-band"
     if band is None:
-        band, note = aa_band(calibration(within_run(frames_s, Samples(frames_s.arm_batches))), "engines-interleaved")
+        band, note = aa_band(calibration(within_s), "engines-interleaved")
     lat_s, lat_p = run_latencies(frames_s), run_latencies(frames_p)
     docs_s, docs_p = run_docs(serial, profile), run_docs(parallel, profile)
     common, rows = sorted(set(lat_s) & set(lat_p)), []
@@ -160,7 +161,7 @@ def compare(serial: Path, parallel: Path, profile: str, band=None) -> dict:
     wall = {"serial_s": wall_s(serial, profile), "parallel_s": wall_s(parallel, profile)}
     ratio = wall["parallel_s"] / wall["serial_s"] if wall["serial_s"] and wall["parallel_s"] is not None else None
     return {"profile": profile, "aa_band_pct": band, "aa_band_note": note, "rows": rows,
-            "pooled": pooled(lat_s, lat_p, common, band), "effects": effects(frames_s, frames_p), "wall": wall,
+            "pooled": pooled(lat_s, lat_p, common, band), "effects": effects(within_s, within_p), "wall": wall,
             "wall_ratio": ratio, "only_serial": sorted(set(lat_s) - set(lat_p)),
             "only_parallel": sorted(set(lat_p) - set(lat_s))}
 

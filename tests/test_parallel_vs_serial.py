@@ -112,7 +112,6 @@ def test_a_run_environment_that_differs_makes_the_pair_not_comparable(tmp_path, 
         capsys.readouterr().out
 
 
-
 def test_effects_agree_for_the_same_runs_and_not_when_one_arm_moves(tmp_path):
     serial = _copy(tmp_path, "s", log=SERIAL_LOG)
     same = pvs.compare(serial, _copy(tmp_path, "p", log=PARALLEL_LOG), "full", band=(-3.0, 3.0))["effects"]
