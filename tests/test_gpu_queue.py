@@ -58,3 +58,16 @@ def test_the_queue_file_is_read_again_before_each_command(queue):
     assert proc.wait(timeout=30) == 0
     assert out.read_text() == "one\nfour\n"
     assert log.read_text().count("START") == 2 and log.read_text().rstrip().endswith("QUEUE DONE")
+
+
+def test_a_gpu_set_names_its_files_without_the_comma(tmp_path):
+    """A tensor-parallel queue gets both GPUs; its log is q<a>-<b>.log, a name the device tool brings back."""
+    gpu = f"{os.getpid()},9"
+    seen, commands = tmp_path / "seen.txt", tmp_path / "queue.txt"
+    commands.write_text(f'echo "gpu=$CUDA_VISIBLE_DEVICES tmp=$TMPDIR" > {seen}\n')
+    try:
+        subprocess.run(["bash", str(SCRIPT), gpu, str(commands), str(tmp_path / "logs")], check=True, timeout=60)
+    finally:
+        shutil.rmtree(f"/tmp/nwor-q{os.getpid()}-9-tmp", ignore_errors=True)
+    assert seen.read_text() == f"gpu={gpu} tmp=/tmp/nwor-q{os.getpid()}-9-tmp\n"
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [f"q{os.getpid()}-9.log", f"q{os.getpid()}-9.out"]
