@@ -33,6 +33,13 @@ KV_BATCHES = 1
 # sub-pass therefore generates at most 32 tokens a request (~900 writers, ~4 min); its window counters
 # (tokens stopped, checks) are that batch's own, so the bytes cross-check still holds.
 KV_MAX_NEW_TOKENS = 32
+# At tensor parallel > 1 the app-range window pass hung (two H200s, 2026-11-28:
+# outputs/gpu-h100-protocol/session11/ncu-tp2-incomplete/): each rank's range holds all-reduces with the other,
+# and under ncu's replay the ranks did not get through the range together, so the pass sat out its whole
+# ncu_timeout_s (900 s) and measured nothing. Such a window pass is not started; its record says why. The KV
+# sub-pass (kernel replay of the KV writers only, no collectives) profiled both ranks and still runs.
+TP_WINDOW_SKIP = ("window pass not run: app-range replay hung at tensor parallel 2 (each rank's range waits on "
+                  "the other's all-reduces under ncu's replay; docs/ncu.md, \"Tensor parallel\")")
 
 
 def side_paths(result_path: str | Path, tag: str = "ncu") -> NcuPaths:
@@ -51,7 +58,7 @@ def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
     Two passes: the whole measured window (`spec.ncu_replay_mode`, the project's metric list plus the run's
     own) and, for EAGLE runs, the KV-cache write sub-pass (`kv_cache_writes`). A machine without ncu or a
     GPU gets a record with status "unavailable"; a failed or timed-out pass gets status "failed" with the
-    log's last lines. Neither stops the run.
+    log's last lines; a window pass known to hang (`window_skip_reason`) gets status "skipped". None stops the run.
     """
     if not spec.ncu:
         return {"status": "off", "reason": "ncu not requested for this run"}
@@ -60,8 +67,10 @@ def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
     except NcuNotAvailable as err:
         return {**profile.unavailable_record(str(err)), "kv_cache_writes": kv_unavailable(str(err))}
     release_kept()  # a profiled pass starts its own engine: one that measure() left running must not hold the device
-    record = _pass(spec, side_paths(result_path), ncu, metrics=with_required(spec.ncu_metrics),
-                   replay_mode=spec.ncu_replay_mode)
+    skip = window_skip_reason(spec)
+    record = ({**profile.unavailable_record(skip), "status": "skipped"} if skip else
+              _pass(spec, side_paths(result_path), ncu, metrics=with_required(spec.ncu_metrics),
+                    replay_mode=spec.ncu_replay_mode))
     if spec.method == "eagle":
         kv = _pass(kv_sub_spec(spec), side_paths(result_path, "ncu-kv"), ncu, metrics=KV_WRITE_METRICS,
                    replay_mode="kernel", kernel_name=KV_KERNEL_FILTER, nvtx=True, env={**os.environ, nvtx.ENV_VAR: "1"})
@@ -69,6 +78,13 @@ def run_ncu_pass(spec: RunSpec, result_path: str | Path) -> dict:
     else:
         record["kv_cache_writes"] = kv_unavailable(f"method {spec.method!r} has no drafter KV cache", status="off")
     return record
+
+
+def window_skip_reason(spec: RunSpec) -> str | None:
+    """Why the run's window pass is not started (`TP_WINDOW_SKIP`), or None when it runs."""
+    if spec.tensor_parallel_size > 1 and spec.ncu_replay_mode == "app-range":
+        return TP_WINDOW_SKIP
+    return None
 
 
 def kv_sub_spec(spec: RunSpec) -> RunSpec:

@@ -8,11 +8,14 @@ import pandas as pd
 import pytest
 
 from nwor import ncu_pass, ncu_processes as P, ncu_read
+from nwor.config import RunSpec
 from nwor.ncu_metrics import DRAM_WRITE
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION5 = ROOT / "outputs" / "gpu-h100-protocol" / "session5" / "gpu-smoke" / "early_exit_grid"
 RUN3 = "run3_r36_t128_temp0.0_thresh0.5"
+# Two H200s at tensor parallel 2 (session 11): the window pass that hung, and the KV sub-pass after it.
+SESSION11 = ROOT / "outputs" / "gpu-h100-protocol" / "session11" / "ncu-tp2-incomplete"
 SERVER_LOG = (ROOT / "outputs" / "gpu-h100-protocol" / "session4" / "gpu-smoke" / "serving_grid" /
               "serve3_t128_temp0.0_d10_adaptive0_thresh0.0.serve" / "instance1_baseline.server.log")
 
@@ -36,6 +39,25 @@ def test_tp_ranks_from_real_vllm_logs_in_both_formats():
     # vLLM's own prefix "(EngineCore pid=N) INFO ... TP rank 0" (a `vllm serve` log)
     ranks = P.tp_ranks_from_log(SERVER_LOG.read_text())
     assert list(ranks.values()) == [0] and len(ranks) == 1
+
+
+def test_at_tensor_parallel_2_ncu_attached_to_each_rank_s_worker():
+    """Real GPU logs of a TP-2 run: ncu's two connected processes are the two workers, rank 0 and rank 1."""
+    window = P.connected((SESSION11 / f"{RUN3}.ncu.log").read_text().splitlines())
+    assert [p["pid"] for p in window] == [3862, 3863]
+    assert P.tp_ranks_from_log((SESSION11 / f"{RUN3}.ncu-pass.vllm.log").read_text()) == {3862: 0, 3863: 1}
+    kv = P.connected((SESSION11 / f"{RUN3}.ncu-kv.log").read_text().splitlines())
+    assert [p["pid"] for p in kv] == [5385, 5386]
+
+
+def test_the_window_pass_that_hung_at_tensor_parallel_2_is_not_started():
+    spec = RunSpec(run_id="r", grid="g", ncu=True, tensor_parallel_size=2)
+    assert ncu_pass.window_skip_reason(spec) == ncu_pass.TP_WINDOW_SKIP
+    assert "tensor parallel 2" in ncu_pass.TP_WINDOW_SKIP
+    # Tensor parallel 1 (sessions 4-5 measured it) and per-kernel replay are not affected.
+    assert ncu_pass.window_skip_reason(RunSpec(run_id="r", grid="g", ncu=True)) is None
+    assert ncu_pass.window_skip_reason(RunSpec(run_id="r", grid="g", ncu=True, tensor_parallel_size=2,
+                                               ncu_replay_mode="kernel")) is None
 
 
 def test_the_pass_maps_the_profiled_process_to_its_rank():

