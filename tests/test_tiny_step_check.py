@@ -38,12 +38,14 @@ def checks(tmp_path_factory):
     finally:
         os.environ.pop("NWOR_MODEL_CACHE")
     out = {}
+    # On the CPU build the fraction is of the NUMA node's memory and must also cover the engine process: 0.05 of
+    # an 11 GiB node (an AMD EPYC machine whose node 0 shows 11 of its 24 GiB) left the KV cache -0.24 GiB.
     for name, pair in pairs.items():
         path = tmp_path_factory.mktemp(name) / "step_check.json"
         proc = subprocess.run(
             [sys.executable, str(SCRIPT), "--out", str(path), "--target", pair.target, "--draft", pair.draft,
              "--runs", "off,k4", "--tokens", "32", "--batches", "4", "--warmup", "1",
-             "--max-model-len", "512", "--gpu-memory-utilization", "0.05"],
+             "--max-model-len", "512", "--gpu-memory-utilization", "0.2"],
             capture_output=True, text=True, timeout=900)
         assert path.exists(), f"{name}: no summary (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
         doc = json.loads(path.read_text())
