@@ -16,6 +16,9 @@ from nwor.machines import machine_column
 from nwor.ncu_metrics import DRAM_WRITE
 from nwor.stats import Estimate
 
+# A mean over workloads some of whose machines (or designs) have an A/A band and some none: judged by the bands
+# there are, and said to be so.
+PARTLY_CALIBRATED = "(A/A band for only some of its workloads)"
 MAX_LATENCY_OVERHEAD_PCT = 2.0  # an early exit that may cost more latency than this is not worth its bandwidth
 
 
@@ -35,16 +38,18 @@ def _estimate(row, name: str) -> Estimate:
 
 
 def _mean_over_workloads(frames: Frames, compared: pd.DataFrame, column: str, aa: pd.DataFrame):
-    """Mean over workloads of a compared metric, its interval, and the widest A/A band of their designs (each
-    from its comparisons' machine; none when one of them has no band)."""
+    """Mean over workloads of a compared metric, its interval, the widest A/A band of their designs (each from
+    its comparisons' machine; none when none has a band), and whether every design and machine had one."""
     samples = Samples(frames.arm_batches)
     groups = [(samples.values(*r.samples_baseline, column), samples.values(*r.samples_treatment, column), r.paired)
               for r in compared.itertuples()]
     bands = [aa_band(aa, design, "latency" if column == "latency_s" else "throughput", machine)
              for design, machine in sorted(set(zip(compared.design, machine_column(compared))))]
     known = [band for band, _ in bands if band is not None]
-    band = (min(b[0] for b in known), max(b[1] for b in known)) if len(known) == len(bands) else None
-    return stats.mean_change_ci(groups), band, "; ".join(note for _, note in bands)
+    # A workload without a band must not lift the mean past the bands the others have (H200 session 12:
+    # W5, "not established" on its machine, averaged with an uncalibrated W3 read "improvement").
+    band = (min(b[0] for b in known), max(b[1] for b in known)) if known else None
+    return stats.mean_change_ci(groups), band, len(known) == len(bands), "; ".join(note for _, note in bands)
 
 
 def key_numbers(frames: Frames, aa: pd.DataFrame, adaptive: pd.DataFrame, early_exit: pd.DataFrame,
@@ -75,12 +80,12 @@ def key_numbers(frames: Frames, aa: pd.DataFrame, adaptive: pd.DataFrame, early_
     for key, column, sign in (("latency_reduction_pct", "latency_s", -1),
                               ("throughput_improvement_pct", "output_tokens_per_s", 1)):
         if len(compared):
-            estimate, band, note = _mean_over_workloads(frames, compared, column, aa)
+            estimate, band, calibrated, note = _mean_over_workloads(frames, compared, column, aa)
             estimate = estimate.negated() if sign < 0 else estimate
             band = band if band is None or sign > 0 else (-band[1], -band[0])
             said = verdict(estimate, "higher", band)
-            if band is None and said in ("improvement", "regression"):
-                said = f"{said} {UNCALIBRATED}"
+            if not calibrated and said in ("improvement", "regression"):
+                said = f"{said} {UNCALIBRATED if band is None else PARTLY_CALIBRATED}"
             add(f"adaptive.mean.{key}", f"adaptive: {key}, unweighted mean of {len(compared)} workloads", estimate,
                 said, f"{note}; {left_out}",
                 ", ".join(sorted(set(compared.design))),

@@ -85,6 +85,29 @@ def test_the_mean_over_workloads_uses_only_bands_of_the_comparisons_machines(tmp
     assert views.machines(fixture("full")[0]) is None and "machines" not in views.run_summary(fixture("full")[0])
 
 
+def test_a_mean_with_a_band_for_some_workloads_is_judged_by_those_bands(tmp_path):
+    import json
+
+    # Two H200 sessions at tensor parallel 2: W5 (28 % faster, "not established" against its machine's A/A
+    # band) and W3 from a machine without an A/A run. The mean must not read "improvement".
+    study = findings.key_numbers(*pipeline(Path(__file__).parents[1] / "outputs" / "gpu-tp2-study",
+                                           "gpu-smoke-tp2")).set_index("key")
+    assert study.loc["adaptive.W5.latency_reduction_pct"].verdict == arms.NOT_ESTABLISHED
+    assert study.loc["adaptive.W3.latency_reduction_pct"].verdict == arms.NOISE
+    mean = study.loc["adaptive.mean.latency_reduction_pct"]
+    assert 0 < mean.ci_low and mean.verdict == arms.NOT_ESTABLISHED
+    # Where the known band is clear of the interval, the verdict stands and says what calibrated it.
+    shutil.copytree(RESULTS / "full", tmp_path / "full")
+    for path in (tmp_path / "full").glob("*/*.json"):  # the A/A runs, W1 and W2 on one machine, the rest on another
+        doc = json.loads(path.read_text())
+        calibrated = path.parent.name == "calibration_grid" or path.name.startswith(("run1_", "run2_"))
+        doc["env"]["machine_id"] = "a1" * 6 if calibrated else "b2" * 6
+        path.write_text(json.dumps(doc))
+    mixed = findings.key_numbers(*pipeline(tmp_path, "full")).set_index("key")
+    assert mixed.loc["adaptive.mean.latency_reduction_pct"].verdict == f"improvement {findings.PARTLY_CALIBRATED}"
+    assert mixed.loc["adaptive.W3.latency_reduction_pct"].verdict == f"improvement {arms.UNCALIBRATED}"
+
+
 def test_recommendations_rest_on_the_numbers():
     _, _, adaptive, early_exit, _, same = fixture("full")
     rec = findings.recommend(adaptive, early_exit, same).set_index("workload")
