@@ -25,6 +25,9 @@ BAND_OF = {"within-engine": "within-engine", "engines-interleaved": "engines-int
            ACROSS_RUNS: "engines-interleaved"}
 METRICS = {"latency": "latency_s", "throughput": "output_tokens_per_s"}
 UNCALIBRATED = "(no A/A band)"
+# A mean over workloads some of whose machines (or designs) have an A/A band and some none: judged by the bands
+# there are, and said to be so.
+PARTLY_CALIBRATED = "(A/A band for only some of its workloads)"
 NOISE = "inside the noise"
 NOT_ESTABLISHED = "not established (overlaps the A/A band)"
 
@@ -173,9 +176,16 @@ def put(row: dict, name: str, estimate: Estimate, better: str | None = None, ban
     row.update({name: estimate.value, f"{name}_ci_low": estimate.ci_low, f"{name}_ci_high": estimate.ci_high,
                 f"{name}_note": estimate.note})
     if better is not None:
-        said = verdict(estimate, better, band)
-        row[f"{name}_verdict"] = f"{said} {UNCALIBRATED}" if band is None and said in (
-            "improvement", "regression") else said
+        row[f"{name}_verdict"] = calibrated_verdict(estimate, better, band)
+
+
+def calibrated_verdict(estimate: Estimate, better: str, band, complete: bool = True) -> str:
+    """`verdict`, where an improvement or regression says what did not calibrate it: no band at all, or a band
+    for only some of what the estimate averages (`complete` false)."""
+    said = verdict(estimate, better, band)
+    if said not in ("improvement", "regression") or (band is not None and complete):
+        return said
+    return f"{said} {UNCALIBRATED if band is None else PARTLY_CALIBRATED}"
 
 
 def calibration(within: pd.DataFrame) -> pd.DataFrame:

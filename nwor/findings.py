@@ -11,14 +11,11 @@ import pandas as pd
 
 from nwor import stats
 from nwor.analysis import Frames, first_present
-from nwor.arms import UNCALIBRATED, Samples, aa_band, verdict
+from nwor.arms import Samples, aa_band, calibrated_verdict, verdict
 from nwor.machines import machine_column
 from nwor.ncu_metrics import DRAM_WRITE
 from nwor.stats import Estimate
 
-# A mean over workloads some of whose machines (or designs) have an A/A band and some none: judged by the bands
-# there are, and said to be so.
-PARTLY_CALIBRATED = "(A/A band for only some of its workloads)"
 MAX_LATENCY_OVERHEAD_PCT = 2.0  # an early exit that may cost more latency than this is not worth its bandwidth
 
 
@@ -83,9 +80,7 @@ def key_numbers(frames: Frames, aa: pd.DataFrame, adaptive: pd.DataFrame, early_
             estimate, band, calibrated, note = _mean_over_workloads(frames, compared, column, aa)
             estimate = estimate.negated() if sign < 0 else estimate
             band = band if band is None or sign > 0 else (-band[1], -band[0])
-            said = verdict(estimate, "higher", band)
-            if not calibrated and said in ("improvement", "regression"):
-                said = f"{said} {UNCALIBRATED if band is None else PARTLY_CALIBRATED}"
+            said = calibrated_verdict(estimate, "higher", band, calibrated)
             add(f"adaptive.mean.{key}", f"adaptive: {key}, unweighted mean of {len(compared)} workloads", estimate,
                 said, f"{note}; {left_out}",
                 ", ".join(sorted(set(compared.design))),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 from pathlib import Path
 
@@ -63,14 +64,18 @@ def test_without_an_aa_run_the_report_says_so_first(tmp_path):
     assert all(v.endswith("(no A/A band)") for v in verdicts if v.startswith(("improvement", "regression")))
 
 
-def test_the_mean_over_workloads_uses_only_bands_of_the_comparisons_machines(tmp_path):
-    import json
-
+def full_on_two_machines(tmp_path, on_a1) -> Path:
+    """A copy of the `full` fixture whose results `on_a1(path)` picks ran on machine a1a1..., the rest on b2b2...."""
     shutil.copytree(RESULTS / "full", tmp_path / "full")
-    for path in (tmp_path / "full").glob("*/*.json"):  # the A/A runs on one machine, everything else on another
+    for path in (tmp_path / "full").glob("*/*.json"):
         doc = json.loads(path.read_text())
-        doc["env"]["machine_id"] = "a1" * 6 if path.parent.name == "calibration_grid" else "b2" * 6
+        doc["env"]["machine_id"] = "a1" * 6 if on_a1(path) else "b2" * 6
         path.write_text(json.dumps(doc))
+    return tmp_path
+
+
+def test_the_mean_over_workloads_uses_only_bands_of_the_comparisons_machines(tmp_path):
+    full_on_two_machines(tmp_path, lambda path: path.parent.name == "calibration_grid")  # the A/A runs alone on a1
     frames, aa, adaptive, early_exit, overhead, same = pipeline(tmp_path, "full")
     mean = findings.key_numbers(frames, aa, adaptive, early_exit, overhead, same).set_index("key").loc[
         "adaptive.mean.latency_reduction_pct"]
@@ -86,8 +91,6 @@ def test_the_mean_over_workloads_uses_only_bands_of_the_comparisons_machines(tmp
 
 
 def test_a_mean_with_a_band_for_some_workloads_is_judged_by_those_bands(tmp_path):
-    import json
-
     # Two H200 sessions at tensor parallel 2: W5 (28 % faster, "not established" against its machine's A/A
     # band) and W3 from a machine without an A/A run. The mean must not read "improvement".
     study = findings.key_numbers(*pipeline(Path(__file__).parents[1] / "outputs" / "gpu-tp2-study",
@@ -97,14 +100,10 @@ def test_a_mean_with_a_band_for_some_workloads_is_judged_by_those_bands(tmp_path
     mean = study.loc["adaptive.mean.latency_reduction_pct"]
     assert 0 < mean.ci_low and mean.verdict == arms.NOT_ESTABLISHED
     # Where the known band is clear of the interval, the verdict stands and says what calibrated it.
-    shutil.copytree(RESULTS / "full", tmp_path / "full")
-    for path in (tmp_path / "full").glob("*/*.json"):  # the A/A runs, W1 and W2 on one machine, the rest on another
-        doc = json.loads(path.read_text())
-        calibrated = path.parent.name == "calibration_grid" or path.name.startswith(("run1_", "run2_"))
-        doc["env"]["machine_id"] = "a1" * 6 if calibrated else "b2" * 6
-        path.write_text(json.dumps(doc))
+    full_on_two_machines(tmp_path, lambda path: path.parent.name == "calibration_grid"  # the A/A, W1 and W2 on a1
+                         or path.name.startswith(("run1_", "run2_")))
     mixed = findings.key_numbers(*pipeline(tmp_path, "full")).set_index("key")
-    assert mixed.loc["adaptive.mean.latency_reduction_pct"].verdict == f"improvement {findings.PARTLY_CALIBRATED}"
+    assert mixed.loc["adaptive.mean.latency_reduction_pct"].verdict == f"improvement {arms.PARTLY_CALIBRATED}"
     assert mixed.loc["adaptive.W3.latency_reduction_pct"].verdict == f"improvement {arms.UNCALIBRATED}"
 
 
